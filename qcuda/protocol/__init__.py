@@ -1,0 +1,1 @@
+"""The qcuda wire protocol: pure data, no I/O."""
