@@ -1,0 +1,248 @@
+"""The state of one batch of thread blocks while it runs: registers, special registers, shared and
+local memory, and the operand accessors the decoded instructions bind to.
+
+Every register is one numpy array with an element per thread of the batch (threads of a block
+are consecutive, blocks follow each other), so one instruction is a few whole-array operations.
+A register is stored in its declared type; an instruction that uses it as another type of the
+same width gets a view (no copy), which is how PTX's untyped `.bN` registers behave.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from .....protocol.errors import CudaError, Error
+from .parser import Addr, Imm, Reg, Sym
+
+# Generic-address windows for the per-block and per-thread spaces (`cvta`), far above anything
+# the device heap or mapped host memory can occupy.
+SHARED_WINDOW = 0xFFFF_0000_0000_0000
+LOCAL_WINDOW = 0xFFFE_0000_0000_0000
+WINDOW_SIZE = 1 << 32
+
+DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(dt)
+    for name, dt in {
+        "b8": np.uint8, "u8": np.uint8, "s8": np.int8,
+        "b16": np.uint16, "u16": np.uint16, "s16": np.int16, "f16": np.float16,
+        "b32": np.uint32, "u32": np.uint32, "s32": np.int32, "f32": np.float32,
+        "b64": np.uint64, "u64": np.uint64, "s64": np.int64, "f64": np.float64,
+        "pred": np.bool_,
+    }.items()
+}
+UINT = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
+SINT = {1: np.dtype(np.int8), 2: np.dtype(np.int16), 4: np.dtype(np.int32), 8: np.dtype(np.int64)}
+
+Mask = "bool | np.ndarray"  # True: every thread of the batch is active; else a bool array
+Getter = Callable[[], object]
+Writer = Callable[[object, object], None]
+
+
+class Unsupported(CudaError):
+    """An instruction or operand form the emulator does not implement."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(Error.cudaErrorNotSupported, f"the PTX emulator does not support {what}")
+
+
+def int_like(dt: np.dtype, signed: bool) -> np.dtype:
+    return (SINT if signed else UINT)[dt.itemsize]
+
+
+def imm_scalar(imm: Imm, dt: np.dtype):
+    """An immediate as a numpy scalar of `dt`, wrapped the way PTX wraps it."""
+    if dt == np.bool_:
+        return np.bool_(bool(imm.value))
+    if imm.bits:
+        raw = np.array(imm.value, dtype=UINT[imm.bits // 8])
+        as_float = raw.view(np.float32 if imm.bits == 32 else np.float64)[()]
+        if dt.kind == "f":
+            return dt.type(as_float)
+        if dt.itemsize * 8 == imm.bits:
+            return raw.view(dt)[()]
+        raise Unsupported(f"a float literal as a .{dt.name} operand")
+    if dt.kind == "f":
+        return dt.type(imm.value)
+    if imm.is_float:
+        raise Unsupported(f"a float literal as a .{dt.name} operand")
+    bits = dt.itemsize * 8
+    return np.array(int(imm.value) & ((1 << bits) - 1), dtype=UINT[dt.itemsize]).view(dt)[()]
+
+
+class Frame:
+    """One batch of `nblocks` blocks of `tpb` threads, bound to a kernel's registers and layout."""
+
+    def __init__(self, kernel, nblocks: int, block: tuple[int, int, int], grid: tuple[int, int, int],
+                 shared_bytes: int, params: np.ndarray, memory) -> None:
+        self.kernel = kernel
+        self.block, self.grid = block, grid
+        self.tpb = block[0] * block[1] * block[2]
+        self.nblocks = nblocks
+        self.n = n = nblocks * self.tpb
+        self.memory = memory
+        self.params = params
+        self.regs: dict[str, np.ndarray] = {
+            name: np.zeros(n, dtype=DTYPES[t]) for name, t in kernel.regs.items()
+        }
+        self._views: dict[tuple[str, np.dtype], np.ndarray] = {}
+        self.shared_size = shared_bytes
+        self.shared = np.zeros(max(nblocks * shared_bytes, 16), dtype=np.uint8)
+        self.local_size = kernel.local_size
+        self.local = np.zeros(max(n * self.local_size, 16), dtype=np.uint8)
+        t = np.arange(n, dtype=np.int64)
+        self.thread_index = t
+        self.block_of_thread = t // self.tpb
+        lin = (t % self.tpb).astype(np.uint32)
+        bx, by, _ = block
+        self.sregs: dict[str, np.ndarray] = {
+            "%tid.x": lin % bx, "%tid.y": (lin // bx) % by, "%tid.z": lin // (bx * by),
+            "%laneid": lin % 32, "%warpid": lin // 32,
+            "%ctaid.x": np.zeros(n, np.uint32), "%ctaid.y": np.zeros(n, np.uint32),
+            "%ctaid.z": np.zeros(n, np.uint32),
+        }
+        uniform = {
+            "%ntid.x": block[0], "%ntid.y": block[1], "%ntid.z": block[2],
+            "%nctaid.x": grid[0], "%nctaid.y": grid[1], "%nctaid.z": grid[2],
+            "%nwarpid": -(-self.tpb // 32), "%smid": 0, "%nsmid": 1, "%gridid": 0,
+        }
+        self.uniform = {k: np.uint32(v) for k, v in uniform.items()}
+
+    def start(self, first_block: int) -> None:
+        """Point the batch at blocks first_block.. of the grid; clear per-block memory."""
+        lin = (self.block_of_thread + first_block).astype(np.uint32)
+        gx, gy, _ = self.grid
+        self.sregs["%ctaid.x"][:] = lin % gx
+        self.sregs["%ctaid.y"][:] = (lin // gx) % gy
+        self.sregs["%ctaid.z"][:] = lin // (gx * gy)
+        self.shared.fill(0)
+        self.local.fill(0)
+
+    # -- operands ---------------------------------------------------------------------------
+    def view(self, name: str, dt: np.dtype) -> np.ndarray | None:
+        """Register `name` seen as `dt` without a copy, or None when the widths differ."""
+        key = (name, dt)
+        v = self._views.get(key)
+        if v is None:
+            store = self.regs.get(name)
+            if store is None:
+                raise CudaError(Error.cudaErrorInvalidPtx, f"undeclared register {name}")
+            if store.dtype == dt:
+                v = store
+            elif store.dtype.itemsize == dt.itemsize and dt != np.bool_ and store.dtype != np.bool_:
+                v = store.view(dt)
+            else:
+                return None
+            self._views[key] = v
+        return v
+
+    def src(self, op, dt: np.dtype) -> Getter:
+        """A getter for a source operand's value as `dt` (array of n, or a scalar)."""
+        if isinstance(op, Imm):
+            value = imm_scalar(op, dt)
+            return lambda: value
+        if isinstance(op, Reg):
+            name = op.name
+            if name in self.regs:
+                v = self.view(name, dt)
+                if v is not None:
+                    return lambda: v
+                store = self.regs[name]
+                if store.dtype == np.bool_ or dt == np.bool_ or store.dtype.kind == "f" or dt.kind == "f":
+                    raise Unsupported(f"register {name} (.{store.dtype}) used as .{dt}")
+                src = store.view(int_like(store.dtype, dt.kind == "i"))
+                return lambda: src.astype(dt)
+            return self.special(name, dt)
+        if isinstance(op, Sym):
+            value = self.kernel.symbol_address(op.name)
+            c = dt.type(value)
+            return lambda: c
+        raise Unsupported(f"operand {op!r} here")
+
+    def special(self, name: str, dt: np.dtype) -> Getter:
+        arr = self.sregs.get(name)
+        if arr is not None:  # %ctaid changes in place between batches: convert on each read
+            if arr.dtype == dt:
+                return lambda: arr
+            return lambda: arr.astype(dt)
+        u = self.uniform.get(name)
+        if u is not None:
+            c = dt.type(u)
+            return lambda: c
+        if name in ("%clock", "%clock64", "%globaltimer", "%globaltimer_lo"):
+            return lambda: dt.type(time.perf_counter_ns() & ((1 << (8 * dt.itemsize)) - 1))
+        raise Unsupported(f"special register {name}")
+
+    def dst(self, op, dt: np.dtype, signed: bool | None = None) -> tuple[np.ndarray | None, Writer]:
+        """(direct view or None, writer(value, mask)) for a destination register written as `dt`.
+
+        A narrower value into a wider register is zero- or sign-extended (`signed`, default: the
+        value type's own signedness), as `ld.u8` into a .b16 register is.
+        """
+        if not isinstance(op, Reg):
+            raise Unsupported(f"destination {op!r}")
+        if op.name == "_":
+            return None, lambda value, m: None
+        if op.name not in self.regs:
+            raise CudaError(Error.cudaErrorInvalidPtx, f"undeclared or read-only register {op.name}")
+        v = self.view(op.name, dt)
+        if v is not None:
+            def write(value, m, v=v):
+                np.copyto(v, value, where=m, casting="unsafe")
+            return v, write
+        store = self.regs[op.name]
+        if store.dtype == np.bool_ or dt == np.bool_ or store.dtype.kind == "f" or dt.kind == "f":
+            raise Unsupported(f"register {op.name} (.{store.dtype}) written as .{dt}")
+        sign = dt.kind == "i" if signed is None else signed
+        target = store.view(int_like(store.dtype, sign))
+        vt = int_like(dt, sign)
+
+        def write_ext(value, m):
+            np.copyto(target, np.asarray(value).astype(vt, copy=False), where=m, casting="unsafe")
+        return None, write_ext
+
+    def scatter(self, op, dt: np.dtype) -> Writer:
+        """writer(values, mask) for values computed only for the active threads (a load's result)."""
+        view, write = self.dst(op, dt)
+        if view is None and op.name == "_":
+            return write
+        if view is not None:
+            def put(values, m):
+                if m is True:
+                    view[...] = values
+                else:
+                    view[m] = values
+            return put
+        store = self.regs[op.name]
+        target = store.view(int_like(store.dtype, dt.kind == "i"))
+
+        def put_ext(values, m):
+            values = np.asarray(values).astype(int_like(dt, dt.kind == "i"), copy=False)
+            if m is True:
+                target[...] = values
+            else:
+                target[m] = values
+        return put_ext
+
+    def address(self, op: Addr) -> Getter:
+        """Per-thread byte addresses (uint64 array of n) of an `[base+offset]` operand."""
+        off = np.uint64(op.offset % (1 << 64))
+        if isinstance(op.base, Reg):
+            if op.base.name in self.regs:
+                store = self.regs[op.base.name]
+                base = self.view(op.base.name, UINT[store.dtype.itemsize])
+                if base is None:
+                    raise Unsupported(f"register {op.base.name} as an address")
+            else:
+                base = np.asarray(self.special(op.base.name, np.dtype(np.uint64))())
+            if base.dtype == np.uint64:
+                if op.offset == 0:
+                    return lambda: base
+                return lambda: base + off
+            return lambda: base.astype(np.uint64) + off
+        if isinstance(op.base, Sym):
+            value = np.full(self.n, (self.kernel.symbol_address(op.base.name) + op.offset) % (1 << 64), np.uint64)
+        else:
+            value = np.full(self.n, op.offset % (1 << 64), np.uint64)
+        return lambda: value

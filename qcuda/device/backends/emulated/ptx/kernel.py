@@ -1,0 +1,276 @@
+"""A kernel: its parameter layout, memory layout, basic blocks, and the SIMT scheduler.
+
+Execution model. A batch of whole thread blocks runs at once; every register is an array with
+an element per thread. Instructions are grouped into basic blocks, and each thread has the index
+of the basic block it runs next. The scheduler always runs the lowest such index among the
+threads still alive ("min-PC"), with exactly the threads waiting there active. Because blocks are
+numbered in program order, threads that diverge at a branch reconverge at the first block both
+paths reach, a loop runs until its last thread leaves it, and a thread never passes a point
+(a `bar.sync`) while another thread of the batch still has to reach it: barriers need no code.
+Blocks of a batch never interact except through memory, where CUDA gives no ordering anyway.
+While no thread has diverged, the active set is the constant True and costs nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .....protocol.errors import CudaError, Error
+from .frame import DTYPES, Frame, Unsupported
+from .ops import Factory, decode
+from .parser import Addr, Function, Instruction, Reg, Sym, Variable
+
+MAX_BLOCK_THREADS = 1024
+MAX_BLOCK_DIMS = (1024, 1024, 64)
+MAX_GRID_DIMS = (2**31 - 1, 65535, 65535)
+MAX_SHARED_BYTES = 227 * 1024  # per block, as on sm_90
+BATCH_THREADS = 1 << 17  # threads run together: large enough that numpy's per-call cost vanishes
+BATCH_BYTES = 256 << 20  # ... and small enough that registers stay within this much memory
+_FALL, _BRA, _EXIT = 0, 1, 2
+
+
+@dataclass
+class _Block:
+    insts: list[Instruction]
+    factories: list[Factory]
+    kind: int  # _FALL, _BRA or _EXIT
+    target: int  # _BRA: block index
+    guard: tuple[str, bool] | None
+
+
+def _align(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+class Kernel:
+    """One `.entry` of a loaded module, ready to launch."""
+
+    def __init__(self, fn: Function, module_vars: dict[str, Variable], global_addrs: dict[str, int],
+                 memory) -> None:
+        self.name = fn.name
+        self.memory = memory
+        self.regs = dict(fn.regs)
+        self._symbols: dict[str, int] = {}
+        self.param_layout: list[tuple[int, int]] = []
+        offset = 0
+        for p in fn.params:
+            offset = _align(offset, p.align)
+            self.param_layout.append((offset, p.size))
+            self._symbols[p.name] = offset
+            offset += p.size
+        self.param_size = offset
+        maxntid = fn.directives.get(".maxntid")
+        self.max_threads = _product(maxntid) if maxntid else MAX_BLOCK_THREADS
+        self.req_threads = fn.directives.get(".reqntid")
+
+        used = _referenced_symbols(fn)
+        shared = [v for v in fn.variables if v.space == "shared"]
+        shared += [v for name, v in module_vars.items() if v.space == "shared" and name in used]
+        self.static_shared = 0
+        self._dynamic: list[str] = []
+        self.dynamic_align = 16
+        for v in shared:
+            if v.extern or v.count is None:
+                self._dynamic.append(v.name)
+                self.dynamic_align = max(self.dynamic_align, v.align)
+                continue
+            self.static_shared = _align(self.static_shared, v.align)
+            self._symbols[v.name] = self.static_shared
+            self.static_shared += v.size
+        self.local_size = 0
+        for v in fn.variables:
+            if v.space == "local":
+                self.local_size = _align(self.local_size, v.align)
+                self._symbols[v.name] = self.local_size
+                self.local_size += v.size
+        self.local_size = _align(self.local_size, 16)
+        for name in used:
+            if name in global_addrs:
+                self._symbols[name] = global_addrs[name]
+        self._dynamic_base = _align(self.static_shared, self.dynamic_align)
+        for name in self._dynamic:
+            self._symbols[name] = self._dynamic_base
+
+        self.error: CudaError | None = None
+        self._blocks = self._build_blocks(fn)
+        self._reg_bytes = sum(DTYPES[t].itemsize for t in self.regs.values())
+
+    # -- decoding ---------------------------------------------------------------------------
+    def _build_blocks(self, fn: Function) -> list[_Block]:
+        """Split the body into basic blocks and decode each instruction once."""
+        groups: list[tuple[list[str], list[Instruction]]] = [([], [])]
+        for item in fn.body:
+            if isinstance(item, str):
+                if groups[-1][1]:
+                    groups.append(([], []))
+                groups[-1][0].append(item)
+                continue
+            groups[-1][1].append(item)
+            base = item.opcode.split(".")[0]
+            if base in ("bra", "ret", "exit"):
+                groups.append(([], []))
+        labels = {label: i for i, (names, _) in enumerate(groups) for label in names}
+        blocks = []
+        for i, (_, insts) in enumerate(groups):
+            kind, target, guard = _FALL, i + 1, None
+            body = insts
+            if insts and insts[-1].opcode.split(".")[0] in ("bra", "ret", "exit"):
+                last = insts[-1]
+                body = insts[:-1]
+                guard = last.guard
+                if last.opcode.startswith("bra"):
+                    kind = _BRA
+                    if len(last.operands) != 1 or not isinstance(last.operands[0], Sym) or \
+                            last.operands[0].name not in labels:
+                        self._fail(CudaError(Error.cudaErrorInvalidPtx, f"{last}: unknown branch target"))
+                        target = i + 1
+                    else:
+                        target = labels[last.operands[0].name]
+                else:
+                    kind = _EXIT
+            factories = []
+            for inst in body:
+                try:
+                    factories.append(decode(inst))
+                except CudaError as e:
+                    self._fail(e)
+            blocks.append(_Block(body, factories, kind, target, guard))
+        return blocks
+
+    def _fail(self, error: CudaError) -> None:
+        if self.error is None:
+            self.error = error
+
+    def symbol_address(self, name: str) -> int:
+        """The address a symbol names in its own state space (what `mov %r, name` yields)."""
+        try:
+            return self._symbols[name]
+        except KeyError:
+            raise Unsupported(f"symbol {name} (an undefined or external name)") from None
+
+    # -- launching --------------------------------------------------------------------------
+    def _check_config(self, grid, block, shared_bytes: int, params: bytes) -> None:
+        def bad(why: str) -> CudaError:
+            return CudaError(Error.cudaErrorInvalidConfiguration, f"{self.name}<<<{grid}, {block}>>>: {why}")
+
+        if len(grid) != 3 or len(block) != 3 or min(*grid, *block) < 1:
+            raise bad("every grid and block dimension must be at least 1")
+        if any(b > m for b, m in zip(block, MAX_BLOCK_DIMS)) or _product(block) > MAX_BLOCK_THREADS:
+            raise bad(f"a block may have at most {MAX_BLOCK_DIMS} and {MAX_BLOCK_THREADS} threads in all")
+        if any(g > m for g, m in zip(grid, MAX_GRID_DIMS)):
+            raise bad(f"the grid may be at most {MAX_GRID_DIMS}")
+        if _product(block) > self.max_threads or (self.req_threads and tuple(block[:len(self.req_threads)])
+                                                     != tuple(self.req_threads)):
+            raise bad("the block does not match the kernel's .maxntid/.reqntid")
+        if shared_bytes < 0 or self._dynamic_base + shared_bytes > MAX_SHARED_BYTES:
+            raise bad(f"{self._dynamic_base + shared_bytes} bytes of shared memory exceed {MAX_SHARED_BYTES}")
+        if len(params) < self.param_size:
+            raise CudaError(Error.cudaErrorInvalidValue,
+                            f"{self.name} takes {self.param_size} bytes of parameters, got {len(params)}")
+
+    def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], shared_bytes: int,
+               params: bytes) -> None:
+        """Run the whole grid to completion; raises CudaError."""
+        grid, block = tuple(int(g) for g in grid), tuple(int(b) for b in block)
+        self._check_config(grid, block, shared_bytes, params)
+        if self.error is not None:
+            raise CudaError(self.error.code, f"kernel {self.name}: {self.error.detail}")
+        tpb = _product(block)
+        nblocks = _product(grid)
+        shared = _align(self._dynamic_base + shared_bytes, 16) if self._dynamic or self.static_shared else 0
+        per_thread = self._reg_bytes + self.local_size + shared / tpb + 48
+        batch_threads = max(tpb, min(BATCH_THREADS, int(BATCH_BYTES // per_thread)))
+        per_batch = max(1, batch_threads // tpb)
+        param_bytes = np.frombuffer(bytes(params[:self.param_size]) + bytes(16), dtype=np.uint8)
+        frames: dict[int, tuple[Frame, list]] = {}
+        with np.errstate(all="ignore"):
+            for first in range(0, nblocks, per_batch):
+                count = min(per_batch, nblocks - first)
+                if count not in frames:
+                    frame = Frame(self, count, block, grid, shared, param_bytes, self.memory)
+                    frames[count] = (frame, self._bind(frame))
+                frame, bound = frames[count]
+                frame.start(first)
+                self._run(frame, bound)
+
+    def _bind(self, frame: Frame) -> list:
+        bound = []
+        for blk in self._blocks:
+            runs = [f(frame) for f in blk.factories]
+            pred = frame.src(Reg(blk.guard[0]), DTYPES["pred"]) if blk.guard else None
+            bound.append((runs, blk, pred))
+        return bound
+
+    def _run(self, frame: Frame, bound: list) -> None:
+        """Min-PC scheduling over basic blocks (see the module docstring)."""
+        n = frame.n
+        exit_index = len(bound)
+        nxt = np.zeros(n, dtype=np.int32)
+        cur, m = 0, True
+        while True:
+            runs, blk, pred = bound[cur]
+            i = 0
+            try:
+                for i, run in enumerate(runs):  # noqa: B007 (i names the failing instruction)
+                    run(m)
+            except CudaError as e:
+                raise CudaError(e.code, f"{e.detail} [kernel {self.name}, {blk.insts[i]}]") from None
+            except (ValueError, TypeError, IndexError, OverflowError, MemoryError) as e:
+                raise CudaError(Error.cudaErrorLaunchFailure,
+                                f"emulator failure at {blk.insts[i]} in kernel {self.name}: {e!r}") from e
+            target = blk.target if blk.kind == _BRA else exit_index
+            fall = cur + 1
+            if blk.kind == _FALL:
+                target = fall
+            if blk.kind == _FALL or pred is None:  # everyone goes the same way
+                if m is True:
+                    if target == exit_index:
+                        return
+                    cur = target
+                    continue
+                nxt[m] = target
+            else:
+                p = pred()
+                taken = ~p if blk.guard[1] else p.copy()
+                if m is True:
+                    if taken.all():
+                        if target == exit_index:
+                            return
+                        cur = target
+                        continue
+                    if not taken.any():
+                        cur = fall
+                        continue
+                    nxt.fill(fall)
+                    nxt[taken] = target
+                else:
+                    taken &= m
+                    nxt[taken] = target
+                    nxt[m & ~taken] = fall
+            cur = int(nxt.min())
+            if cur == exit_index:
+                return
+            m = nxt == cur
+            if m.all():
+                m = True
+
+
+def _referenced_symbols(fn: Function) -> set[str]:
+    names: set[str] = set()
+    for inst in fn.body:
+        if isinstance(inst, str):
+            continue
+        for op in inst.operands:
+            if isinstance(op, Sym):
+                names.add(op.name)
+            elif isinstance(op, Addr) and isinstance(op.base, Sym):
+                names.add(op.base.name)
+    return names
+
+
+def _product(values) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out

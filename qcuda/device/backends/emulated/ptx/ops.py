@@ -1,0 +1,961 @@
+"""PTX instruction semantics, decoded once per module into factories.
+
+`decode(instruction)` parses the opcode and operands once and returns a factory; the factory,
+given a `Frame`, binds the operands to that batch's register arrays and returns the function
+that runs the instruction: `run(mask)`, where mask is True (every thread active) or a bool array.
+Arithmetic writes through `where=mask`; memory operations touch only the active threads'
+addresses, so an inactive thread can never fault. Anything not implemented raises `Unsupported`
+(cudaErrorNotSupported) naming the instruction, never a silent wrong answer.
+
+Deliberate approximations, each a later issue: `fma.rn.f32` is computed in float64 and rounded
+once more to float32 (double rounding, off by one ulp in rare cases); `fma.rn.f64` is not fused;
+`.approx` math is computed exactly; `.ftz` does not flush subnormals.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .....protocol.errors import CudaError, Error
+from .frame import (
+    DTYPES, LOCAL_WINDOW, SHARED_WINDOW, SINT, UINT, WINDOW_SIZE, Frame, Unsupported, int_like,
+)
+from .parser import Addr, Imm, Instruction, Neg, PredPair, Reg, Sym, Vec
+
+Run = Callable[[object], None]
+Factory = Callable[[Frame], Run]
+M32 = np.uint64(0xFFFF_FFFF)
+U32 = np.uint64(32)
+
+
+def _types(mods: list[str]) -> list[np.dtype]:
+    return [DTYPES[m] for m in mods if m in DTYPES]
+
+
+def _one_type(inst: Instruction, mods: list[str]) -> np.dtype:
+    types = _types(mods)
+    if len(types) != 1:
+        raise Unsupported(f"instruction {inst.opcode} (type suffix)")
+    return types[0]
+
+
+def _operands(inst: Instruction, n: int) -> list:
+    if len(inst.operands) != n:
+        raise CudaError(Error.cudaErrorInvalidPtx, f"{inst}: expected {n} operands, got {len(inst.operands)}")
+    return inst.operands
+
+
+# -- generic shapes ---------------------------------------------------------------------------
+def _elementwise(inst: Instruction, dt: np.dtype, fn: Callable, out_dt: np.dtype | None = None,
+                 src_dts: list[np.dtype] | None = None) -> Factory:
+    """d = fn(a, b, ...) where `fn` returns a new array (or scalar)."""
+    d, *srcs = inst.operands
+    out_dt = out_dt or dt
+    src_dts = src_dts or [dt] * len(srcs)
+
+    def factory(fr: Frame) -> Run:
+        getters = [fr.src(s, t) for s, t in zip(srcs, src_dts)]
+        _, write = fr.dst(d, out_dt)
+        if len(getters) == 1:
+            (ga,) = getters
+            return lambda m: write(fn(ga()), m)
+        if len(getters) == 2:
+            ga, gb = getters
+            return lambda m: write(fn(ga(), gb()), m)
+        return lambda m: write(fn(*[g() for g in getters]), m)
+    return factory
+
+
+def _ufunc(inst: Instruction, dt: np.dtype, uf: np.ufunc) -> Factory:
+    """d = uf(a[, b]) written straight into the destination register when its width matches."""
+    d, *srcs = inst.operands
+
+    def factory(fr: Frame) -> Run:
+        getters = [fr.src(s, dt) for s in srcs]
+        out, write = fr.dst(d, dt)
+        if out is None:
+            if len(getters) == 1:
+                return lambda m: write(uf(getters[0]()), m)
+            return lambda m: write(uf(getters[0](), getters[1]()), m)
+        if len(getters) == 1:
+            (ga,) = getters
+            return lambda m: uf(ga(), out=out, where=m)
+        ga, gb = getters
+        return lambda m: uf(ga(), gb(), out=out, where=m)
+    return factory
+
+
+# -- integer helpers ----------------------------------------------------------------------------
+def _mulhi_u64(a, b):
+    a = np.asarray(a, np.uint64)
+    b = np.asarray(b, np.uint64)
+    al, ah, bl, bh = a & M32, a >> U32, b & M32, b >> U32
+    ll, lh, hl, hh = al * bl, al * bh, ah * bl, ah * bh
+    mid = (ll >> U32) + (lh & M32) + (hl & M32)
+    return hh + (lh >> U32) + (hl >> U32) + (mid >> U32)
+
+
+def _mulhi_s64(a, b):
+    ua = np.asarray(a, np.int64).view(np.uint64)
+    ub = np.asarray(b, np.int64).view(np.uint64)
+    hi = _mulhi_u64(ua, ub)
+    hi = hi - np.where(np.asarray(a) < 0, ub, np.uint64(0)) - np.where(np.asarray(b) < 0, ua, np.uint64(0))
+    return hi.view(np.int64)
+
+
+def _wide(dt: np.dtype) -> np.dtype:
+    return (SINT if dt.kind == "i" else UINT)[dt.itemsize * 2]
+
+
+def _trunc_div(a, b):
+    """C division (toward zero); x/0 gives all ones, as the hardware does."""
+    a, b = np.asarray(a), np.asarray(b)
+    zero = b == 0
+    safe = np.where(zero, 1, b).astype(b.dtype)
+    if a.dtype.kind == "u":
+        q = a // safe
+    else:
+        q = (a - np.fmod(a, safe)) // safe
+    return np.where(zero, np.array(-1).astype(a.dtype), q).astype(a.dtype)
+
+
+def _rem(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    zero = b == 0
+    r = np.fmod(a, np.where(zero, 1, b).astype(b.dtype))
+    return np.where(zero, a, r).astype(a.dtype)
+
+
+def _bit_length(x, bits: int):
+    """Number of significant bits of unsigned values (0 for 0)."""
+    x = np.asarray(x)
+    if bits <= 32:
+        return np.frexp(x.astype(np.float64))[1].astype(np.uint32)
+    x = x.astype(np.uint64)
+    hi = (x >> U32).astype(np.float64)
+    lo = (x & M32).astype(np.float64)
+    return np.where(hi > 0, np.frexp(hi)[1] + 32, np.frexp(lo)[1]).astype(np.uint32)
+
+
+_REV8 = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.uint8)
+
+
+def _brev(x):
+    x = np.ascontiguousarray(x)
+    return _REV8[x.view(np.uint8)].view(x.dtype).byteswap()
+
+
+def _as_u64(x):
+    x = np.asarray(x)
+    return x.astype(UINT[x.dtype.itemsize], copy=False).astype(np.uint64) if x.dtype.kind == "i" else x.astype(np.uint64)
+
+
+# -- instruction makers ---------------------------------------------------------------------------
+def _arith(uf_int: np.ufunc, uf_float: np.ufunc | None = None):
+    def make(inst: Instruction, mods: list[str]) -> Factory:
+        dt = _one_type(inst, mods)
+        _operands(inst, 3)
+        if "cc" in mods:
+            raise Unsupported(f"instruction {inst.opcode} (carry flag)")
+        if "sat" in mods and dt.kind != "f":
+            lo, hi = np.iinfo(dt).min, np.iinfo(dt).max
+            wide = np.dtype(np.int64)
+            return _elementwise(inst, dt, lambda a, b: np.clip(uf_int(np.asarray(a, wide), np.asarray(b, wide)), lo, hi))
+        if dt.kind == "f":
+            uf = uf_float or uf_int
+            if "sat" in mods:
+                return _elementwise(inst, dt, lambda a, b: np.clip(np.nan_to_num(uf(a, b), nan=0.0), 0, 1).astype(dt))
+            return _ufunc(inst, dt, uf)
+        return _ufunc(inst, dt, uf_int)
+    return make
+
+
+def _make_mul(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 3)
+    if dt.kind == "f":
+        return _ufunc(inst, dt, np.multiply)
+    if "wide" in mods:
+        wd = _wide(dt)
+        return _elementwise(inst, dt, lambda a, b: np.multiply(np.asarray(a, wd), np.asarray(b, wd)), out_dt=wd)
+    if "hi" in mods:
+        return _elementwise(inst, dt, _hi_fn(dt))
+    return _ufunc(inst, dt, np.multiply)
+
+
+def _hi_fn(dt: np.dtype) -> Callable:
+    if dt.itemsize == 8:
+        return _mulhi_s64 if dt.kind == "i" else _mulhi_u64
+    wd, shift = _wide(dt), dt.itemsize * 8
+    return lambda a, b: (np.multiply(np.asarray(a, wd), np.asarray(b, wd)) >> shift).astype(dt)
+
+
+def _make_mad(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 4)
+    if dt.kind == "f":
+        return _make_fma(inst, mods)
+    if "cc" in mods:
+        raise Unsupported(f"instruction {inst.opcode} (carry flag)")
+    if "wide" in mods:
+        wd = _wide(dt)
+        return _elementwise(inst, dt, lambda a, b, c: np.multiply(np.asarray(a, wd), np.asarray(b, wd)) + c,
+                            out_dt=wd, src_dts=[dt, dt, wd])
+    if "hi" in mods:
+        hi = _hi_fn(dt)
+        return _elementwise(inst, dt, lambda a, b, c: hi(a, b) + c)
+    return _elementwise(inst, dt, lambda a, b, c: np.multiply(a, b) + c)
+
+
+def _make_fma(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 4)
+    if dt == np.float64:
+        fn = lambda a, b, c: np.multiply(a, b) + c  # noqa: E731 (not fused: see module doc)
+    else:
+        f64 = np.float64
+        fn = lambda a, b, c: (np.multiply(np.asarray(a, f64), b) + c).astype(dt)  # noqa: E731
+    if "sat" in mods:
+        base = fn
+        fn = lambda a, b, c: np.clip(np.nan_to_num(base(a, b, c), nan=0.0), 0, 1).astype(dt)  # noqa: E731
+    return _elementwise(inst, dt, fn)
+
+
+def _make_div(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 3)
+    if dt.kind == "f":
+        return _ufunc(inst, dt, np.divide)
+    return _elementwise(inst, dt, _trunc_div)
+
+
+def _make_rem(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 3)
+    return _elementwise(inst, dt, _rem)
+
+
+def _make_minmax(int_uf: np.ufunc, float_uf: np.ufunc):
+    def make(inst: Instruction, mods: list[str]) -> Factory:
+        dt = _one_type(inst, mods)
+        _operands(inst, 3)
+        return _ufunc(inst, dt, float_uf if dt.kind == "f" else int_uf)
+    return make
+
+
+def _make_unary(uf: np.ufunc, float_only: bool = False):
+    def make(inst: Instruction, mods: list[str]) -> Factory:
+        dt = _one_type(inst, mods)
+        _operands(inst, 2)
+        if float_only and dt.kind != "f":
+            raise Unsupported(f"instruction {inst.opcode}")
+        return _ufunc(inst, dt, uf)
+    return make
+
+
+def _make_float_fn(fn: Callable):
+    def make(inst: Instruction, mods: list[str]) -> Factory:
+        dt = _one_type(inst, mods)
+        _operands(inst, 2)
+        if dt.kind != "f":
+            raise Unsupported(f"instruction {inst.opcode}")
+        return _elementwise(inst, dt, lambda a: np.asarray(fn(np.asarray(a, np.float64))).astype(dt))
+    return make
+
+
+def _make_copysign(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 3)
+    return _elementwise(inst, dt, lambda a, b: np.copysign(b, a))
+
+
+def _make_testp(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 2)
+    tests = {
+        "finite": np.isfinite, "infinite": np.isinf, "number": lambda a: ~np.isnan(a),
+        "notanumber": np.isnan,
+        "normal": lambda a: np.isfinite(a) & (np.abs(a) >= np.finfo(dt).tiny),
+        "subnormal": lambda a: (a != 0) & (np.abs(a) < np.finfo(dt).tiny),
+    }
+    test = next((tests[m] for m in mods if m in tests), None)
+    if test is None:
+        raise Unsupported(f"instruction {inst.opcode}")
+    return _elementwise(inst, dt, test, out_dt=DTYPES["pred"])
+
+
+def _make_shift(kind: str):
+    def make(inst: Instruction, mods: list[str]) -> Factory:
+        dt = _one_type(inst, mods)
+        d, a, b = _operands(inst, 3)
+        bits = dt.itemsize * 8
+        if kind == "shr" and dt.kind == "i":
+            def fn(x, s):  # arithmetic: shifting by >= width fills with the sign bit
+                return np.right_shift(x, np.minimum(s, bits - 1).astype(dt))
+        else:
+            uf = np.left_shift if kind == "shl" else np.right_shift
+
+            def fn(x, s):
+                s = np.asarray(s)
+                r = uf(x, np.minimum(s, bits - 1).astype(dt))
+                return np.where(s >= bits, np.array(0, dt), r)
+        if isinstance(b, Imm) and 0 <= b.value < bits:
+            amount = dt.type(b.value)
+            uf = np.left_shift if kind == "shl" else np.right_shift
+
+            def factory(fr: Frame) -> Run:
+                ga = fr.src(a, dt)
+                out, write = fr.dst(d, dt)
+                if out is not None:
+                    return lambda m: uf(ga(), amount, out=out, where=m)
+                return lambda m: write(uf(ga(), amount), m)
+            return factory
+        return _elementwise(inst, dt, fn, src_dts=[dt, DTYPES["u32"]])
+    return make
+
+
+def _make_bitop(uf: np.ufunc):
+    def make(inst: Instruction, mods: list[str]) -> Factory:
+        dt = _one_type(inst, mods)
+        _operands(inst, 3 if uf is not np.invert else 2)
+        return _ufunc(inst, dt, uf)
+    return make
+
+
+def _make_cnot(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 2)
+    return _elementwise(inst, dt, lambda a: (np.asarray(a) == 0).astype(dt))
+
+
+def _make_popc(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 2)
+    return _elementwise(inst, dt, lambda a: np.bitwise_count(a).astype(np.uint32), out_dt=DTYPES["u32"])
+
+
+def _make_clz(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 2)
+    bits = dt.itemsize * 8
+    return _elementwise(inst, dt, lambda a: (np.uint32(bits) - _bit_length(a, bits)).astype(np.uint32),
+                        out_dt=DTYPES["u32"])
+
+
+def _make_bfind(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 2)
+    bits = dt.itemsize * 8
+    shiftamt = "shiftamt" in mods
+    ut = UINT[dt.itemsize]
+
+    def fn(a):
+        a = np.asarray(a)
+        if dt.kind == "i":
+            a = np.where(a < 0, ~a, a)
+        n = _bit_length(a.astype(ut), bits).astype(np.int64)
+        pos = n - 1
+        if shiftamt:
+            pos = np.where(n == 0, -1, bits - 1 - pos)
+        return np.where(n == 0, 0xFFFFFFFF, pos).astype(np.uint32)
+    return _elementwise(inst, dt, fn, out_dt=DTYPES["u32"])
+
+
+def _make_brev(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 2)
+    return _elementwise(inst, dt, lambda a: _brev(np.broadcast_to(a, np.shape(a)).astype(dt)))
+
+
+def _make_bfe(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 4)
+    bits = dt.itemsize * 8
+    u32 = DTYPES["u32"]
+
+    def fn(a, b, c):
+        ua = _as_u64(a)
+        pos = np.asarray(b).astype(np.uint64) & np.uint64(0xFF)
+        ln = np.asarray(c).astype(np.uint64) & np.uint64(0xFF)
+        shifted = np.where(pos >= bits, np.uint64(0), ua >> np.minimum(pos, np.uint64(bits - 1)))
+        full = ln >= bits
+        mask = np.where(full, np.uint64(0xFFFF_FFFF_FFFF_FFFF), (np.uint64(1) << np.minimum(ln, np.uint64(63))) - np.uint64(1))
+        val = shifted & mask
+        if dt.kind == "i":
+            top = np.minimum(pos + ln - np.uint64(1), np.uint64(bits - 1))
+            sbit = np.where(ln == 0, np.uint64(0), (ua >> top) & np.uint64(1))
+            val = np.where(sbit == 1, val | ~mask, val)
+        return val.astype(UINT[dt.itemsize]).view(dt)
+    return _elementwise(inst, dt, fn, src_dts=[dt, u32, u32])
+
+
+def _make_bfi(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 5)
+    bits = dt.itemsize * 8
+    u32 = DTYPES["u32"]
+    ones = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+
+    def fn(a, b, c, d):
+        ua, ub = _as_u64(a), _as_u64(b)
+        pos = np.asarray(c).astype(np.uint64) & np.uint64(0xFF)
+        ln = np.asarray(d).astype(np.uint64) & np.uint64(0xFF)
+        field = np.where(ln >= 64, ones, (np.uint64(1) << np.minimum(ln, np.uint64(63))) - np.uint64(1))
+        p = np.minimum(pos, np.uint64(63))
+        mask = field << p
+        if bits < 64:
+            mask &= np.uint64((1 << bits) - 1)
+        val = np.where(pos >= bits, ub, (ub & ~mask) | ((ua << p) & mask))
+        return val.astype(UINT[dt.itemsize]).view(dt)
+    return _elementwise(inst, dt, fn, src_dts=[dt, dt, u32, u32])
+
+
+def _make_prmt(inst: Instruction, mods: list[str]) -> Factory:
+    _operands(inst, 4)
+    if any(m in mods for m in ("f4e", "b4e", "rc8", "ecl", "ecr", "rc16")):
+        raise Unsupported(f"instruction {inst.opcode} (byte-permute mode)")
+    u32 = DTYPES["u32"]
+
+    def fn(a, b, c):
+        x = _as_u64(a) | (_as_u64(b) << U32)
+        c = np.asarray(c).astype(np.uint64)
+        out = np.zeros(np.broadcast(x, c).shape, np.uint64)
+        for i in range(4):
+            sel = (c >> np.uint64(4 * i)) & np.uint64(0xF)
+            byte = (x >> ((sel & np.uint64(7)) * np.uint64(8))) & np.uint64(0xFF)
+            sign = np.where(byte & np.uint64(0x80), np.uint64(0xFF), np.uint64(0))
+            byte = np.where(sel & np.uint64(8), sign, byte)
+            out |= byte << np.uint64(8 * i)
+        return out.astype(np.uint32)
+    return _elementwise(inst, u32, fn)
+
+
+def _make_lop3(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    d, a, b, c, lut = _operands(inst, 5)
+    if not isinstance(lut, Imm):
+        raise Unsupported("lop3 with a register lookup table")
+    table = int(lut.value) & 0xFF
+
+    def fn(x, y, z):
+        x, y, z = np.asarray(x), np.asarray(y), np.asarray(z)
+        out = np.zeros(np.broadcast(x, y, z).shape, dt)
+        for i in range(8):
+            if table >> i & 1:
+                out |= (x if i & 4 else ~x) & (y if i & 2 else ~y) & (z if i & 1 else ~z)
+        return out
+    return _elementwise(inst, dt, fn, src_dts=[dt, dt, dt])
+
+
+def _make_shf(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 4)
+    left, wrap = "l" in mods, "wrap" in mods
+
+    def fn(a, b, c):
+        x = _as_u64(a) | (_as_u64(b) << U32)
+        n = np.asarray(c).astype(np.uint64)
+        n = n & np.uint64(31) if wrap else np.minimum(n, np.uint64(32))
+        if left:
+            return ((x << n) >> U32).astype(np.uint32)
+        return ((x >> n) & M32).astype(np.uint32)
+    return _elementwise(inst, dt, fn, src_dts=[dt, dt, DTYPES["u32"]])
+
+
+_INT_CMP = {
+    "eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater,
+    "ge": np.greater_equal, "lo": np.less, "ls": np.less_equal, "hi": np.greater, "hs": np.greater_equal,
+}
+_FLOAT_CMP = {
+    "eq": np.equal, "ne": lambda a, b: np.less(a, b) | np.greater(a, b), "lt": np.less,
+    "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
+    "equ": lambda a, b: ~(np.less(a, b) | np.greater(a, b)), "neu": np.not_equal,
+    "ltu": lambda a, b: ~np.greater_equal(a, b), "leu": lambda a, b: ~np.greater(a, b),
+    "gtu": lambda a, b: ~np.less_equal(a, b), "geu": lambda a, b: ~np.less(a, b),
+    "num": lambda a, b: ~(np.isnan(a) | np.isnan(b)), "nan": lambda a, b: np.isnan(a) | np.isnan(b),
+}
+_BOOL = {"and": np.logical_and, "or": np.logical_or, "xor": np.logical_xor}
+
+
+def _compare(inst: Instruction, mods: list[str], dt: np.dtype) -> Callable:
+    table = _FLOAT_CMP if dt.kind == "f" else _INT_CMP
+    cmp = next((table[m] for m in mods if m in table), None)
+    if cmp is None:
+        raise Unsupported(f"instruction {inst.opcode} (comparison)")
+    return cmp
+
+
+def _pred_source(fr: Frame, op) -> Callable:
+    if isinstance(op, Neg):
+        g = fr.src(op.reg, DTYPES["pred"])
+        return lambda: ~g()
+    return fr.src(op, DTYPES["pred"])
+
+
+def _make_setp(inst: Instruction, mods: list[str]) -> Factory:
+    types = _types(mods)
+    dt = types[-1]
+    cmp = _compare(inst, mods, dt)
+    boolop = next((_BOOL[m] for m in mods if m in _BOOL), None)
+    ops = inst.operands
+    if len(ops) != (4 if boolop else 3):
+        raise CudaError(Error.cudaErrorInvalidPtx, f"{inst}: wrong operand count")
+    d = ops[0]
+    first, second = (d.first, d.second) if isinstance(d, PredPair) else (d, None)
+    pred = DTYPES["pred"]
+
+    def factory(fr: Frame) -> Run:
+        ga, gb = fr.src(ops[1], dt), fr.src(ops[2], dt)
+        gc = _pred_source(fr, ops[3]) if boolop else None
+        out, write = fr.dst(first, pred)
+        write2 = fr.dst(second, pred)[1] if second is not None else None
+
+        if boolop is None and write2 is None and out is not None and isinstance(cmp, np.ufunc):
+            return lambda m: cmp(ga(), gb(), out=out, where=m)
+
+        def run(m):
+            t = np.asarray(cmp(ga(), gb()))
+            if boolop is not None:
+                c = gc()
+                if write2 is not None:
+                    write2(boolop(~t, c), m)
+                write(boolop(t, c), m)
+            else:
+                if write2 is not None:
+                    write2(~t, m)
+                write(t, m)
+        return run
+    return factory
+
+
+def _make_set(inst: Instruction, mods: list[str]) -> Factory:
+    types = _types(mods)
+    if len(types) != 2 or len(inst.operands) != 3:
+        raise Unsupported(f"instruction {inst.opcode}")
+    out_dt, dt = types
+    cmp = _compare(inst, mods, dt)
+    true = out_dt.type(1.0) if out_dt.kind == "f" else np.array(-1).astype(out_dt)[()]
+    return _elementwise(inst, dt, lambda a, b: np.where(cmp(a, b), true, out_dt.type(0)), out_dt=out_dt)
+
+
+def _make_selp(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    d, a, b, c = _operands(inst, 4)
+
+    def factory(fr: Frame) -> Run:
+        ga, gb, gc = fr.src(a, dt), fr.src(b, dt), _pred_source(fr, c)
+        _, write = fr.dst(d, dt)
+        return lambda m: write(np.where(gc(), ga(), gb()), m)
+    return factory
+
+
+def _make_mov(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    d, a = _operands(inst, 2)
+    if isinstance(d, Vec) or isinstance(a, Vec):
+        return _pack_unpack(inst, dt, d, a)
+
+    def factory(fr: Frame) -> Run:
+        ga = fr.src(a, dt)
+        _, write = fr.dst(d, dt)
+        return lambda m: write(ga(), m)
+    return factory
+
+
+def _pack_unpack(inst: Instruction, dt: np.dtype, d, a) -> Factory:
+    """mov.b64 %rd, {%r1, %r2} and its inverse: the parts are the little-endian pieces."""
+    if isinstance(d, Vec) and isinstance(a, Vec):
+        raise Unsupported(f"instruction {inst.opcode} with two vectors")
+    parts = (d if isinstance(d, Vec) else a).items
+    part_dt = UINT[dt.itemsize // len(parts)]
+    whole_dt = UINT[dt.itemsize]
+
+    def factory(fr: Frame) -> Run:
+        n = fr.n
+        if isinstance(a, Vec):
+            getters = [fr.src(p, part_dt) for p in parts]
+            _, write = fr.dst(d, whole_dt)
+
+            def pack(m):
+                cols = [np.broadcast_to(g(), (n,)) for g in getters]
+                write(np.stack(cols, axis=1).view(whole_dt).reshape(n), m)
+            return pack
+        ga = fr.src(a, whole_dt)
+        writers = [fr.dst(p, part_dt)[1] for p in parts]
+
+        def unpack(m):
+            whole = np.ascontiguousarray(np.broadcast_to(ga(), (n,)))
+            pieces = whole.view(part_dt).reshape(n, len(parts))
+            for k, w in enumerate(writers):
+                w(pieces[:, k], m)
+        return unpack
+    return factory
+
+
+_FLOAT_TO_INT_ROUND = {"rni": np.rint, "rzi": np.trunc, "rmi": np.floor, "rpi": np.ceil}
+
+
+def _make_cvt(inst: Instruction, mods: list[str]) -> Factory:
+    types = _types(mods)
+    if len(types) != 2:
+        raise Unsupported(f"instruction {inst.opcode}")
+    dt, at = types
+    d, a = _operands(inst, 2)
+    sat = "sat" in mods
+    irnd = next((m for m in mods if m in _FLOAT_TO_INT_ROUND), None)
+    frnd = next((m for m in mods if m in ("rn", "rz", "rm", "rp")), None)
+    if "f16x2" in mods or "bf16" in mods or "bf16x2" in mods:
+        raise Unsupported(f"instruction {inst.opcode}")
+
+    if dt.kind != "f" and at.kind != "f":
+        if sat:
+            lo = max(np.iinfo(dt).min, np.iinfo(at).min)
+            hi = min(np.iinfo(dt).max, np.iinfo(at).max)
+            lo_c, hi_c = at.type(lo), at.type(hi)
+            fn = lambda x: np.clip(x, lo_c, hi_c).astype(dt)  # noqa: E731
+        else:
+            fn = lambda x: np.asarray(x).astype(dt)  # noqa: E731
+    elif dt.kind != "f":  # float -> int: round, then saturate (PTX always saturates; NaN -> 0)
+        rnd = _FLOAT_TO_INT_ROUND.get(irnd or "rzi")
+        info = np.iinfo(dt)
+        lo_f, hi_f = float(info.min), float(info.max)
+        lo_v, hi_v = dt.type(info.min), dt.type(info.max)
+
+        def fn(x):
+            r = rnd(np.asarray(x, np.float64))
+            r = np.where(np.isnan(r), 0.0, r)
+            out = np.clip(r, lo_f, hi_f).astype(dt)
+            out = np.where(r >= hi_f, hi_v, out)
+            return np.where(r <= lo_f, lo_v, out)
+    elif at.kind != "f":  # int -> float
+        if frnd not in (None, "rn"):
+            raise Unsupported(f"instruction {inst.opcode} (rounding mode)")
+        fn = lambda x: np.asarray(x).astype(dt)  # noqa: E731
+    else:  # float -> float
+        if irnd is not None:
+            rnd = _FLOAT_TO_INT_ROUND[irnd]
+            fn = lambda x: rnd(np.asarray(x)).astype(dt)  # noqa: E731
+        elif dt.itemsize < at.itemsize and frnd not in (None, "rn"):
+            raise Unsupported(f"instruction {inst.opcode} (rounding mode)")
+        else:
+            fn = lambda x: np.asarray(x).astype(dt)  # noqa: E731
+        if sat:
+            base = fn
+            fn = lambda x: np.clip(np.nan_to_num(base(x), nan=0.0), 0, 1).astype(dt)  # noqa: E731
+    return _elementwise(inst, dt, fn, src_dts=[at])
+
+
+def _make_cvta(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    d, a = _operands(inst, 2)
+    to = "to" in mods
+    space = next((m for m in mods if m in ("global", "shared", "local", "const", "param")), None)
+    if space is None:
+        raise Unsupported(f"instruction {inst.opcode}")
+    if space in ("global", "const"):
+        fn = lambda x: np.asarray(x)  # noqa: E731 (global and const addresses are generic ones)
+    elif space == "param":
+        raise Unsupported(f"instruction {inst.opcode} (generic addresses of kernel parameters)")
+    else:
+        window = np.uint64(SHARED_WINDOW if space == "shared" else LOCAL_WINDOW)
+        if to:
+            fn = lambda x: (np.asarray(x).astype(np.uint64) - window).astype(dt)  # noqa: E731
+        else:
+            fn = lambda x: (np.asarray(x).astype(np.uint64) + window).astype(dt)  # noqa: E731
+    return _elementwise(inst, dt, fn)
+
+
+def _make_isspacep(inst: Instruction, mods: list[str]) -> Factory:
+    d, a = _operands(inst, 2)
+    space = mods[0] if mods else ""
+    lo = {"shared": SHARED_WINDOW, "local": LOCAL_WINDOW}.get(space)
+    u64 = DTYPES["u64"]
+    if space == "global":
+        fn = lambda x: np.asarray(x) < np.uint64(LOCAL_WINDOW)  # noqa: E731
+    elif lo is not None:
+        fn = lambda x: (np.asarray(x) >= np.uint64(lo)) & (np.asarray(x) < np.uint64(lo + WINDOW_SIZE))  # noqa: E731
+    else:
+        raise Unsupported(f"instruction {inst.opcode}")
+    return _elementwise(inst, u64, fn, out_dt=DTYPES["pred"])
+
+
+# -- memory ------------------------------------------------------------------------------------
+_SPACES = ("global", "shared", "local", "const", "param")
+
+
+def _window_index(fr: Frame, space: str, addrs: np.ndarray, ids, dt: np.dtype):
+    """(typed view of the space's bytes, element index per address) for shared or local memory."""
+    size = dt.itemsize
+    if space == "shared":
+        buf, limit = fr.shared, fr.shared_size
+        owner = fr.block_of_thread if ids is None else fr.block_of_thread[ids]
+    else:
+        buf, limit = fr.local, fr.local_size
+        owner = fr.thread_index if ids is None else ids
+    off = np.asarray(addrs).astype(np.int64)
+    if off.size:
+        if int(off.min()) < 0 or int(off.max()) > limit - size:
+            bad = int(off[(off < 0) | (off > limit - size)][0]) & 0xFFFF_FFFF_FFFF_FFFF
+            raise CudaError(Error.cudaErrorIllegalAddress,
+                            f"{size}-byte .{space} access at 0x{bad:x}, outside the {limit} bytes of .{space} memory")
+        if size > 1 and np.any(off & (size - 1)):
+            raise CudaError(Error.cudaErrorMisalignedAddress, f"{size}-byte .{space} access at a misaligned address")
+    return buf.view(dt), (owner * limit + off) // size
+
+
+def load_space(fr: Frame, space: str | None, addrs: np.ndarray, ids, dt: np.dtype) -> np.ndarray:
+    """Values at per-thread addresses of a state space (None: generic); `ids` are the threads
+    the addresses belong to (None: all threads in order)."""
+    if space in ("global", "const"):
+        return fr.memory.load(addrs, dt)
+    if space in ("shared", "local"):
+        view, idx = _window_index(fr, space, addrs, ids, dt)
+        return view[idx]
+    if space == "param":
+        return _param_view(fr, addrs, dt)
+    if addrs.size == 0 or int(addrs.max()) < LOCAL_WINDOW:
+        return fr.memory.load(addrs, dt)
+    out = np.empty(addrs.size, dt)
+    ids = fr.thread_index if ids is None else ids
+    for sel, sp, base in _generic_parts(addrs):
+        if sel.any():
+            out[sel] = load_space(fr, sp, addrs[sel] - np.uint64(base), ids[sel], dt)
+    return out
+
+
+def store_space(fr: Frame, space: str | None, addrs: np.ndarray, ids, values) -> None:
+    if space in ("global", "const"):
+        fr.memory.store(addrs, values)
+        return
+    values = np.asarray(values)
+    if space in ("shared", "local"):
+        view, idx = _window_index(fr, space, addrs, ids, values.dtype)
+        view[idx] = values
+        return
+    if space == "param":
+        raise Unsupported("st.param (a call sequence)")
+    if addrs.size == 0 or int(addrs.max()) < LOCAL_WINDOW:
+        fr.memory.store(addrs, values)
+        return
+    ids = fr.thread_index if ids is None else ids
+    values = np.broadcast_to(values, addrs.shape)
+    for sel, sp, base in _generic_parts(addrs):
+        if sel.any():
+            store_space(fr, sp, addrs[sel] - np.uint64(base), ids[sel], values[sel])
+
+
+def _generic_parts(addrs: np.ndarray):
+    shared = (addrs >= np.uint64(SHARED_WINDOW)) & (addrs < np.uint64(SHARED_WINDOW + WINDOW_SIZE))
+    local = (addrs >= np.uint64(LOCAL_WINDOW)) & (addrs < np.uint64(LOCAL_WINDOW + WINDOW_SIZE))
+    return ((~(shared | local), "global", 0), (shared, "shared", SHARED_WINDOW), (local, "local", LOCAL_WINDOW))
+
+
+def _param_view(fr: Frame, addrs: np.ndarray, dt: np.dtype) -> np.ndarray:
+    size = dt.itemsize
+    off = np.asarray(addrs).astype(np.int64)
+    if off.size and (int(off.min()) < 0 or int(off.max()) > fr.params.size - size):
+        raise CudaError(Error.cudaErrorIllegalAddress, "ld.param outside the kernel's parameters")
+    idx = off[:, None] + np.arange(size)
+    return np.ascontiguousarray(fr.params[idx]).view(dt).reshape(off.shape)
+
+
+def _mem_shape(inst: Instruction, mods: list[str]) -> tuple[str | None, int, np.dtype]:
+    space = next((m for m in mods if m in _SPACES), None)
+    vec = next((int(m[1:]) for m in mods if m in ("v2", "v4", "v8")), 1)
+    types = _types(mods)
+    if len(types) != 1:
+        raise Unsupported(f"instruction {inst.opcode}")
+    return space, vec, types[0]
+
+
+def _make_ld(inst: Instruction, mods: list[str]) -> Factory:
+    space, vec, dt = _mem_shape(inst, mods)
+    d, a = _operands(inst, 2)
+    if not isinstance(a, Addr):
+        raise CudaError(Error.cudaErrorInvalidPtx, f"{inst}: the source must be an address")
+    dests = list(d.items) if isinstance(d, Vec) else [d]
+    if len(dests) != vec:
+        raise CudaError(Error.cudaErrorInvalidPtx, f"{inst}: {len(dests)} destinations for .v{vec}")
+    size = dt.itemsize
+
+    def factory(fr: Frame) -> Run:
+        writers = [fr.scatter(r, dt) for r in dests]
+        if space == "param" and not isinstance(a.base, Reg):  # uniform: read once per launch
+            addr = fr.kernel.symbol_address(a.base.name) + a.offset if a.base else a.offset
+            values = [_param_view(fr, np.array([addr + k * size]), dt)[0] for k in range(vec)]
+            full = [fr.dst(r, dt)[1] for r in dests]
+
+            def ld_param(m):
+                for w, v in zip(full, values):
+                    w(v, m)
+            return ld_param
+        ga = fr.address(a)
+
+        def ld(m):
+            addrs = ga()
+            ids = None
+            if m is not True:
+                ids = fr.thread_index[m]
+                addrs = addrs[m]
+            if vec > 1 and addrs.size and np.any(addrs % np.uint64(size * vec)):
+                raise CudaError(Error.cudaErrorMisalignedAddress, f"{inst}: misaligned vector access")
+            for k, w in enumerate(writers):
+                w(load_space(fr, space, addrs + np.uint64(k * size) if k else addrs, ids, dt), m)
+        return ld
+    return factory
+
+
+def _make_st(inst: Instruction, mods: list[str]) -> Factory:
+    space, vec, dt = _mem_shape(inst, mods)
+    a, s = _operands(inst, 2)
+    if not isinstance(a, Addr):
+        raise CudaError(Error.cudaErrorInvalidPtx, f"{inst}: the destination must be an address")
+    srcs = list(s.items) if isinstance(s, Vec) else [s]
+    if len(srcs) != vec:
+        raise CudaError(Error.cudaErrorInvalidPtx, f"{inst}: {len(srcs)} sources for .v{vec}")
+    size = dt.itemsize
+
+    def factory(fr: Frame) -> Run:
+        ga = fr.address(a)
+        getters = [fr.src(r, dt) for r in srcs]
+
+        def st(m):
+            addrs = ga()
+            ids = None
+            if m is not True:
+                ids = fr.thread_index[m]
+                addrs = addrs[m]
+            if vec > 1 and addrs.size and np.any(addrs % np.uint64(size * vec)):
+                raise CudaError(Error.cudaErrorMisalignedAddress, f"{inst}: misaligned vector access")
+            for k, g in enumerate(getters):
+                v = g()
+                if m is not True and np.ndim(v):
+                    v = v[m]
+                v = np.asarray(v, dtype=dt)
+                store_space(fr, space, addrs + np.uint64(k * size) if k else addrs, ids, v)
+        return st
+    return factory
+
+
+def _make_atom(inst: Instruction, mods: list[str]) -> Factory:
+    """atom/red: threads of one instruction are serialised in thread order, like some real order."""
+    space = next((m for m in mods if m in _SPACES), None)
+    op = next((m for m in mods if m in _ATOM_OPS), None)
+    types = _types(mods)
+    if op is None or len(types) != 1 or "v2" in mods or "v4" in mods:
+        raise Unsupported(f"instruction {inst.opcode}")
+    dt = types[0]
+    is_red = inst.opcode.startswith("red")
+    ops = inst.operands
+    if is_red:
+        d, (a, *srcs) = None, ops
+    else:
+        d, a, *srcs = ops
+    if not isinstance(a, Addr) or len(srcs) != (2 if op == "cas" else 1):
+        raise CudaError(Error.cudaErrorInvalidPtx, f"{inst}: bad operands")
+    combine = _ATOM_OPS[op]
+
+    def factory(fr: Frame) -> Run:
+        ga = fr.address(a)
+        getters = [fr.src(s, dt) for s in srcs]
+        write = fr.scatter(d, dt) if d is not None else None
+
+        def atom(m):
+            addrs = ga()
+            ids = fr.thread_index if m is True else fr.thread_index[m]
+            if m is not True:
+                addrs = addrs[m]
+            vals = [np.broadcast_to(g(), (fr.n,))[ids] for g in getters]
+            old = np.empty(addrs.size, dt)
+            # one lane per distinct address per round keeps every update visible to the next
+            pending = np.arange(addrs.size)
+            while pending.size:
+                _, first = np.unique(addrs[pending], return_index=True)
+                lanes = pending[first]
+                cur = load_space(fr, space, addrs[lanes], ids[lanes], dt)
+                old[lanes] = cur
+                new = combine(cur, *[v[lanes] for v in vals])
+                store_space(fr, space, addrs[lanes], ids[lanes], np.asarray(new, dt))
+                pending = np.setdiff1d(pending, lanes, assume_unique=True)
+            if write is not None:
+                write(old, m)
+        return atom
+    return factory
+
+
+def _inc(cur, b):
+    return np.where(cur >= b, 0, cur + 1).astype(cur.dtype)
+
+
+def _dec(cur, b):
+    return np.where((cur == 0) | (cur > b), b, cur - 1).astype(cur.dtype)
+
+
+_ATOM_OPS: dict[str, Callable] = {
+    "add": np.add, "min": np.minimum, "max": np.maximum, "exch": lambda cur, b: b,
+    "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor,
+    "cas": lambda cur, b, c: np.where(cur == b, c, cur), "inc": _inc, "dec": _dec,
+}
+
+
+def _no_op(inst: Instruction, mods: list[str]) -> Factory:
+    """Barriers and fences: in lockstep, min-PC execution every thread that has not reached this
+    point is run before the threads that have (see kernel.py), which is what bar.sync promises."""
+    return lambda fr: (lambda m: None)
+
+
+def _make_trap(inst: Instruction, mods: list[str]) -> Factory:
+    def run(m):
+        raise CudaError(Error.cudaErrorLaunchFailure, "the kernel executed trap")
+    return lambda fr: run
+
+
+_MAKERS: dict[str, Callable[[Instruction, list[str]], Factory]] = {
+    "add": _arith(np.add), "sub": _arith(np.subtract),
+    "mul": _make_mul, "mad": _make_mad, "fma": _make_fma, "div": _make_div, "rem": _make_rem,
+    "min": _make_minmax(np.minimum, np.fmin), "max": _make_minmax(np.maximum, np.fmax),
+    "abs": _make_unary(np.abs), "neg": _make_unary(np.negative),
+    "sqrt": _make_float_fn(np.sqrt), "rsqrt": _make_float_fn(lambda x: 1.0 / np.sqrt(x)),
+    "rcp": _make_float_fn(lambda x: 1.0 / x), "sin": _make_float_fn(np.sin), "cos": _make_float_fn(np.cos),
+    "lg2": _make_float_fn(np.log2), "ex2": _make_float_fn(np.exp2), "tanh": _make_float_fn(np.tanh),
+    "copysign": _make_copysign, "testp": _make_testp,
+    "and": _make_bitop(np.bitwise_and), "or": _make_bitop(np.bitwise_or), "xor": _make_bitop(np.bitwise_xor),
+    "not": _make_bitop(np.invert), "cnot": _make_cnot,
+    "shl": _make_shift("shl"), "shr": _make_shift("shr"),
+    "popc": _make_popc, "clz": _make_clz, "brev": _make_brev, "bfind": _make_bfind,
+    "bfe": _make_bfe, "bfi": _make_bfi, "prmt": _make_prmt, "lop3": _make_lop3, "shf": _make_shf,
+    "setp": _make_setp, "set": _make_set, "selp": _make_selp,
+    "mov": _make_mov, "cvt": _make_cvt, "cvta": _make_cvta, "isspacep": _make_isspacep,
+    "ld": _make_ld, "ldu": _make_ld, "st": _make_st, "atom": _make_atom, "red": _make_atom,
+    "bar": _no_op, "barrier": _no_op, "membar": _no_op, "fence": _no_op, "nanosleep": _no_op,
+    "trap": _make_trap,
+}
+
+
+def decode(inst: Instruction) -> Factory:
+    """The factory for one instruction (not bra/ret/exit: kernel.py handles control flow)."""
+    parts = inst.opcode.split(".")
+    maker = _MAKERS.get(parts[0])
+    if maker is None:
+        raise Unsupported(f"instruction {inst.opcode} (line {inst.line})")
+    try:
+        factory = maker(inst, parts[1:])
+    except Unsupported as e:
+        raise Unsupported(f"{e.detail.removeprefix('the PTX emulator does not support ')} (line {inst.line})") from None
+    if inst.guard is None:
+        return factory
+    name, negated = inst.guard
+
+    def guarded(fr: Frame) -> Run:
+        run = factory(fr)
+        pred = fr.src(Reg(name), DTYPES["pred"])
+
+        def run_guarded(m):
+            p = pred()
+            active = ~p if negated else p.copy()
+            if m is not True:
+                active &= m
+            run(active)
+        return run_guarded
+    return guarded
