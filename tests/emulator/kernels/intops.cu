@@ -36,3 +36,24 @@ extern "C" __global__ void bit_ops(const uint32_t* a, const uint32_t* b, uint32_
     o[10] = (uint32_t)__mulhi((int)x, (int)y);
     o[11] = x / (y | 1) + x % (y | 1);
 }
+
+// Bit-field extract and insert through inline PTX (CUDA C has no intrinsic for them).
+extern "C" __global__ void bitfield_ops(const uint32_t* a, const uint32_t* b, uint32_t* out, uint64_t* out64, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    uint32_t x = a[i], pos = b[i] & 63, len = (b[i] >> 8) & 63, r;
+    int32_t s;
+    asm("bfe.u32 %0, %1, %2, %3;" : "=r"(r) : "r"(x), "r"(pos), "r"(len));
+    out[i * 4 + 0] = r;
+    asm("bfe.s32 %0, %1, %2, %3;" : "=r"(s) : "r"(x), "r"(pos), "r"(len));
+    out[i * 4 + 1] = (uint32_t)s;
+    asm("bfi.b32 %0, %1, %2, %3, %4;" : "=r"(r) : "r"(x), "r"(b[i]), "r"(pos), "r"(len));
+    out[i * 4 + 2] = r;
+    asm("shf.l.wrap.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(x), "r"(b[i]), "r"(pos));
+    out[i * 4 + 3] = r;
+    uint64_t y = ((uint64_t)x << 32) | b[i], r64;
+    asm("bfe.u64 %0, %1, %2, %3;" : "=l"(r64) : "l"(y), "r"(pos), "r"(len));
+    out64[i * 2 + 0] = r64;
+    asm("bfe.s64 %0, %1, %2, %3;" : "=l"(r64) : "l"(y), "r"(pos), "r"(len));
+    out64[i * 2 + 1] = r64;
+}

@@ -379,8 +379,11 @@ def _make_bfe(inst: Instruction, mods: list[str]) -> Factory:
         pos = np.asarray(b).astype(np.uint64) & np.uint64(0xFF)
         ln = np.asarray(c).astype(np.uint64) & np.uint64(0xFF)
         shifted = np.where(pos >= bits, np.uint64(0), ua >> np.minimum(pos, np.uint64(bits - 1)))
-        full = ln >= bits
-        mask = np.where(full, np.uint64(0xFFFF_FFFF_FFFF_FFFF), (np.uint64(1) << np.minimum(ln, np.uint64(63))) - np.uint64(1))
+        # bits of the field that lie past the operand's top read as the sign bit (0 if unsigned)
+        avail = np.where(pos >= bits, np.uint64(0), np.uint64(bits) - np.minimum(pos, np.uint64(bits)))
+        eff = np.minimum(ln, avail)
+        mask = np.where(eff >= 64, np.uint64(0xFFFF_FFFF_FFFF_FFFF),
+                        (np.uint64(1) << np.minimum(eff, np.uint64(63))) - np.uint64(1))
         val = shifted & mask
         if dt.kind == "i":
             top = np.minimum(pos + ln - np.uint64(1), np.uint64(bits - 1))

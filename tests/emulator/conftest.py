@@ -1,0 +1,100 @@
+"""Compile the test kernels once per session with the machine's nvcc, and run them on the emulator."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qcuda.device.backends.emulated.memory import DeviceMemory
+from qcuda.device.backends.emulated.ptx import Kernel, Module
+
+KERNELS = Path(__file__).parent / "kernels"
+NVCC = shutil.which("nvcc")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+
+
+class Built:
+    """Paths of the compiled forms of every kernels/*.cu."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def compile(self, source: str, *flags: str, suffix: str) -> Path:
+        tag = "_".join(re.sub(r"\W", "", f) for f in flags)
+        out = self.root / f"{Path(source).stem}_{tag}.{suffix}"
+        if not out.exists():
+            kind = "-ptx" if suffix == "ptx" else "-fatbin"
+            subprocess.run([NVCC, kind, *flags, str(KERNELS / source), "-o", str(out)], check=True,
+                           capture_output=True)
+        return out
+
+    def ptx(self, source: str) -> bytes:
+        return self.compile(source, "-arch=sm_90", suffix="ptx").read_bytes()
+
+    def fatbin(self, source: str, *flags: str) -> bytes:
+        return self.compile(source, *(flags or ("-arch=sm_90",)), suffix="fatbin").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Built:
+    if NVCC is None:
+        pytest.skip("nvcc is not installed")
+    b = Built(tmp_path_factory.mktemp("kernels"))
+    for cu in sorted(KERNELS.glob("*.cu")):  # compile everything up front: a broken .cu fails here
+        b.ptx(cu.name)
+    return b
+
+
+class Emu:
+    """An emulated device context: load modules, launch kernels with numpy arrays as arguments."""
+
+    def __init__(self) -> None:
+        self.memory = DeviceMemory(1 << 32)
+        self.modules: list[Module] = []
+
+    def load(self, image: bytes) -> Module:
+        module = Module.load(image, self.memory)
+        self.modules.append(module)
+        return module
+
+    def pack(self, kernel: Kernel, args) -> tuple[bytes, list]:
+        """Parameters by the kernel's layout; arrays go to device memory and come back after."""
+        buf = bytearray(kernel.param_size)
+        copies = []
+        if len(args) != len(kernel.param_layout):
+            raise TypeError(f"{kernel.name} takes {len(kernel.param_layout)} arguments, got {len(args)}")
+        for (offset, size), arg in zip(kernel.param_layout, args):
+            if isinstance(arg, np.ndarray):
+                addr = self.memory.alloc(max(arg.nbytes, 1))
+                self.memory.write(addr, arg.tobytes())
+                copies.append((addr, arg))
+                raw = np.uint64(addr).tobytes()
+            elif isinstance(arg, (bytes, bytearray)):
+                raw = bytes(arg)
+            else:
+                raw = np.asarray(arg).tobytes()
+            if len(raw) != size:
+                raise TypeError(f"argument of {len(raw)} bytes for a {size}-byte parameter")
+            buf[offset:offset + size] = raw
+        return bytes(buf), copies
+
+    def run(self, module: Module, name: str, grid, block, *args, shared: int = 0) -> None:
+        kernel = module.functions[name]
+        params, copies = self.pack(kernel, args)
+        grid = tuple(grid) + (1,) * (3 - len(grid)) if isinstance(grid, tuple) else (grid, 1, 1)
+        block = tuple(block) + (1,) * (3 - len(block)) if isinstance(block, tuple) else (block, 1, 1)
+        try:
+            kernel.launch(grid, block, shared, params)
+        finally:
+            for addr, arr in copies:
+                arr[...] = np.frombuffer(self.memory.read(addr, arr.nbytes), arr.dtype).reshape(arr.shape)
+                self.memory.free(addr)
+
+
+@pytest.fixture
+def emu() -> Emu:
+    return Emu()

@@ -1,0 +1,64 @@
+// Special registers, module-scope variables, atomics, per-thread local arrays and generic pointers.
+#include <stdint.h>
+
+__device__ int counter_base = 1000;
+__device__ unsigned table_g[4] = {3, 1, 4, 1};
+__constant__ float coeffs[4] = {0.5f, 1.5f, -2.0f, 4.0f};
+
+extern "C" __global__ void thread_ids(uint32_t* out) {
+    unsigned bid = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    unsigned g = bid * blockDim.x * blockDim.y * blockDim.z + tid;
+    unsigned lane, warp;
+    asm("mov.u32 %0, %%laneid;" : "=r"(lane));
+    asm("mov.u32 %0, %%warpid;" : "=r"(warp));
+    long long c0 = clock64();
+    unsigned c1 = clock();
+    uint32_t* o = out + g * 8;
+    o[0] = threadIdx.x; o[1] = threadIdx.y; o[2] = threadIdx.z;
+    o[3] = blockIdx.x;  o[4] = blockIdx.y;  o[5] = blockIdx.z;
+    o[6] = lane | (warp << 16);
+    o[7] = (c0 != 0 || c1 != 0) ? gridDim.x * 100 + gridDim.y * 10 + gridDim.z : 0;
+}
+
+extern "C" __global__ void use_globals(float* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = coeffs[i & 3] * (float)(table_g[i & 3] + counter_base);
+}
+
+extern "C" __global__ void histogram(const unsigned* in, unsigned* bins, int n, int nbins) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+        atomicAdd(&bins[in[i] % nbins], 1u);
+}
+
+extern "C" __global__ void ticket(int* next, int* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = atomicAdd(next, 1);
+}
+
+// A per-thread array indexed with runtime values lives in local memory.
+extern "C" __global__ void local_array(const int* in, int* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int buf[16];
+    for (int k = 0; k < 16; ++k) buf[k] = in[i] * k + (k ^ i);
+    int acc = 0;
+    for (int k = 0; k < 16; ++k) acc += buf[(k * 7 + in[i]) & 15] * (k + 1);
+    out[i] = acc;
+}
+
+// A device function that nvcc cannot specialise receives generic pointers into shared and global memory.
+__device__ __noinline__ void add_into(int* dst, const int* src, int k) { *dst += src[k]; }
+
+extern "C" __global__ void generic_pointers(const int* in, int* out, int which) {
+    __shared__ int s[64];
+    int t = threadIdx.x;
+    s[t] = in[blockIdx.x * 64 + t];
+    __syncthreads();
+    int v = 0;
+    int* p = which ? &s[63 - t] : &out[blockIdx.x * 64 + t];
+    *p += 1;
+    __syncthreads();
+    v = s[t];
+    out[blockIdx.x * 64 + t] = v;
+}

@@ -1,0 +1,251 @@
+"""nvcc-compiled CUDA C kernels run on the emulator, checked against numpy: bit-exact for integer
+work, within float rounding for float work."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import needs_nvcc
+
+pytestmark = needs_nvcc
+rng = np.random.default_rng(1234)
+M64 = (1 << 64) - 1
+
+
+def test_vector_add(built, emu):
+    mod = emu.load(built.ptx("vecadd.cu"))
+    n = 1000  # not a multiple of the block: the tail block diverges
+    a, b = rng.random(n, dtype=np.float32), rng.random(n, dtype=np.float32)
+    c = np.zeros(n, np.float32)
+    emu.run(mod, "vec_add", (n + 255) // 256, 256, a, b, c, np.int32(n))
+    np.testing.assert_array_equal(c, a + b)
+
+
+def test_vector_add_from_fatbin(built, emu):
+    mod = emu.load(built.fatbin("vecadd.cu"))
+    n = 300
+    a, b = rng.random(n, dtype=np.float32), rng.random(n, dtype=np.float32)
+    c = np.zeros(n, np.float32)
+    emu.run(mod, "vec_add", 3, 128, a, b, c, np.int32(n))
+    np.testing.assert_array_equal(c, a + b)
+
+
+def test_grid_stride_loop(built, emu):
+    mod = emu.load(built.ptx("vecadd.cu"))
+    n = 10_000  # 4 blocks of 96 threads: every thread loops, the last trip diverges
+    x, y = rng.random(n, dtype=np.float32), rng.random(n, dtype=np.float32)
+    expect = (np.float32(2.5) * x + y).astype(np.float32)
+    emu.run(mod, "saxpy_grid_stride", 4, 96, np.float32(2.5), x, y, np.int64(n))
+    np.testing.assert_allclose(y, expect, rtol=1e-6)
+
+
+def test_double_precision(built, emu):
+    mod = emu.load(built.ptx("vecadd.cu"))
+    n = 513
+    a, b = rng.random(n), rng.random(n)
+    c = np.zeros(n)
+    emu.run(mod, "vec_add_f64", 5, 128, a, b, c, np.uint32(n))
+    np.testing.assert_allclose(c, a * 2.0 + b / 3.0, rtol=1e-15)
+
+
+def test_tiled_matmul_with_shared_memory(built, emu):
+    mod = emu.load(built.ptx("matmul.cu"))
+    n = 64
+    A, B = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    C = np.zeros((n, n), np.float32)
+    emu.run(mod, "matmul_tiled", (n // 16, n // 16), (16, 16), A, B, C, np.int32(n))
+    np.testing.assert_allclose(C, A.astype(np.float64) @ B, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n,block", [(1000, 256), (4096, 128), (77, 64)])
+def test_block_reduction_with_dynamic_shared_memory(built, emu, n, block):
+    mod = emu.load(built.ptx("matmul.cu"))
+    x = rng.integers(-1000, 1000, n, dtype=np.int32)
+    blocks = (n + block - 1) // block
+    out = np.zeros(blocks, np.int32)
+    emu.run(mod, "block_sum", blocks, block, x, out, np.int32(n), shared=block * 4)
+    padded = np.zeros(blocks * block, np.int32)
+    padded[:n] = x
+    np.testing.assert_array_equal(out, padded.reshape(blocks, block).sum(axis=1))
+
+
+def _collatz(v: int) -> int:
+    steps = 0
+    while v != 1 and steps < 1000:
+        v = 3 * v + 1 if v & 1 else v >> 1
+        steps += 1
+    return steps
+
+
+def test_divergent_loops(built, emu):
+    mod = emu.load(built.ptx("control.cu"))
+    n = 700
+    x = rng.integers(1, 100_000, n, dtype=np.uint32)
+    x[:3] = [1, 2, 27]
+    out = np.zeros(n, np.uint32)
+    emu.run(mod, "collatz_steps", 3, 256, x, out, np.int32(n))
+    np.testing.assert_array_equal(out, [_collatz(int(v)) for v in x])
+
+
+def _branchy(v: int) -> int:
+    def i32(x):
+        return (x + 2**31) % 2**32 - 2**31
+    m = v % 3 if v >= 0 else -((-v) % 3)  # C remainder
+    if m == 0:
+        r = i32(v * 7)
+        for k in range(v & 7):
+            r ^= k << 3
+    elif m == 1:
+        r = -v + (5 if v > 100 else -5)
+    else:
+        r, k = 0, 0
+        while True:
+            r = i32(r + k * v)
+            k += 1
+            if not k < (v & 15):
+                break
+    return i32(r)
+
+
+def test_divergent_branches(built, emu):
+    mod = emu.load(built.ptx("control.cu"))
+    n = 1500
+    x = rng.integers(-500, 500, n, dtype=np.int32)
+    out = np.zeros(n, np.int32)
+    emu.run(mod, "branchy", 6, 256, x, out, np.int32(n))
+    np.testing.assert_array_equal(out, [_branchy(int(v)) for v in x])
+
+
+def _s64(x: int) -> int:
+    x &= M64
+    return x - (1 << 64) if x >> 63 else x
+
+
+def _int64_ref(x: int, y: int) -> list[int]:
+    ux, uy = x & M64, y & M64
+    tdiv = lambda a, b: abs(a) // abs(b) * (1 if (a < 0) == (b < 0) else -1)  # noqa: E731
+    return [
+        _s64(x + y), _s64(x * y),
+        _s64(tdiv(x, y)) if y else 0, _s64(x - tdiv(x, y) * y) if y else 0,
+        _s64(ux // uy) if uy else 0,
+        _s64((ux * uy) >> 64), _s64((x * y) >> 64),
+        _s64(x >> (y & 63)),
+        _s64((ux >> (uy & 63)) ^ (x << (y & 63))),
+        _s64(abs(x) if x < y else (y if y < 0 else ~y)),
+    ]
+
+
+def test_int64_arithmetic(built, emu):
+    mod = emu.load(built.ptx("intops.cu"))
+    n = 300
+    a = rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64)
+    b = rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64)
+    a[:40] = rng.integers(-1000, 1000, 40)  # small values take nvcc's 32-bit division shortcut
+    b[:60] = rng.integers(-50, 50, 60)
+    b[0], a[1], b[1] = 0, -2**63, -1
+    out = np.zeros(n * 10, np.int64)
+    emu.run(mod, "int64_ops", 2, 256, a, b, out, np.int32(n))
+    expect = np.array([_int64_ref(int(x), int(y)) for x, y in zip(a, b)], dtype=object)
+    expect[1][2] = out.reshape(n, 10)[1][2]  # INT64_MIN / -1 overflows: undefined in C
+    expect[1][3] = out.reshape(n, 10)[1][3]
+    np.testing.assert_array_equal(out.reshape(n, 10), expect.astype(np.int64))
+
+
+def _bit_ref(x: int, y: int) -> list[int]:
+    M = 0xFFFFFFFF
+    s32 = lambda v: (v & M) - (1 << 32) if v & 0x80000000 else v & M  # noqa: E731
+    sel = y & 0x7777
+    xb = x | (y << 32)
+    perm = 0
+    for i in range(4):
+        perm |= ((xb >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i)
+    wide = ((x << 32) | y) & M64
+    prod = (x * y) & M64
+    ffs = (x & -x).bit_length()
+    return [
+        bin(x).count("1"), 32 - x.bit_length(), int(f"{x:032b}"[::-1], 2),
+        (x >> (y & 15)) & ((1 << ((y >> 4) & 15)) - 1), perm, bin(wide).count("1"),
+        64 - prod.bit_length(), ffs, ((x & ~y) | (y ^ 0x5A5A5A5A)) & M,
+        (x * y) >> 32, ((s32(x) * s32(y)) >> 32) & M, (x // (y | 1) + x % (y | 1)) & M,
+    ]
+
+
+def test_integer_bit_ops(built, emu):
+    mod = emu.load(built.ptx("intops.cu"))
+    n = 400
+    a = rng.integers(0, 2**32, n, dtype=np.uint32)
+    b = rng.integers(0, 2**32, n, dtype=np.uint32)
+    a[:4] = [0, 1, 0xFFFFFFFF, 0x80000000]
+    out = np.zeros(n * 12, np.uint32)
+    emu.run(mod, "bit_ops", 2, 256, a, b, out, np.int32(n))
+    expect = np.array([_bit_ref(int(x), int(y)) for x, y in zip(a, b)], dtype=np.uint64).astype(np.uint32)
+    np.testing.assert_array_equal(out.reshape(n, 12), expect)
+
+
+def _bfe(x: int, pos: int, ln: int, bits: int, signed: bool) -> int:
+    pos, ln = pos & 0xFF, ln & 0xFF
+    sbit = 0
+    if signed and ln:
+        sbit = (x >> min(pos + ln - 1, bits - 1)) & 1
+    out = 0
+    for i in range(bits):
+        bit = (x >> (pos + i)) & 1 if i < ln and pos + i < bits else sbit
+        out |= bit << i
+    return out
+
+
+def _bfi(a: int, b: int, pos: int, ln: int, bits: int) -> int:
+    out = b
+    for i in range(ln):
+        if pos + i < bits:
+            out = (out & ~(1 << (pos + i))) | (((a >> i) & 1) << (pos + i))
+    return out & ((1 << bits) - 1)
+
+
+def test_bitfield_extract_insert_and_funnel_shift(built, emu):
+    mod = emu.load(built.ptx("intops.cu"))
+    n = 500
+    a = rng.integers(0, 2**32, n, dtype=np.uint32)
+    b = rng.integers(0, 2**32, n, dtype=np.uint32)
+    out = np.zeros(n * 4, np.uint32)
+    out64 = np.zeros(n * 2, np.uint64)
+    emu.run(mod, "bitfield_ops", 2, 256, a, b, out, out64, np.int32(n))
+    exp, exp64 = [], []
+    for x, y in zip(map(int, a), map(int, b)):
+        pos, ln = y & 63, (y >> 8) & 63
+        wide = (x << 32) | y
+        exp.append([_bfe(x, pos, ln, 32, False), _bfe(x, pos, ln, 32, True), _bfi(x, y, pos, ln, 32),
+                    ((((y << 32) | x) << (pos & 31)) >> 32) & 0xFFFFFFFF])
+        exp64.append([_bfe(wide, pos, ln, 64, False), _bfe(wide, pos, ln, 64, True)])
+    np.testing.assert_array_equal(out.reshape(n, 4), np.array(exp, dtype=np.uint64).astype(np.uint32))
+    np.testing.assert_array_equal(out64.reshape(n, 2), np.array(exp64, dtype=np.uint64))
+
+
+def test_conversions(built, emu):
+    mod = emu.load(built.ptx("convert.cu"))
+    n = 256
+    f = (rng.standard_normal(n) * 1e3).astype(np.float32)
+    f[:6] = [2.5, -2.5, 3.5, np.nan, 1e20, -1e20]  # round-half-even, NaN and saturation
+    d = rng.standard_normal(n) * 1e6
+    l = rng.integers(-2**62, 2**62, n, dtype=np.int64)
+    oi, of, od = np.zeros(n * 8, np.int32), np.zeros(n * 4, np.float32), np.zeros(n * 4)
+    emu.run(mod, "conversions", 1, 256, f, d, l, oi, of, od, np.int32(n))
+    with np.errstate(invalid="ignore"):
+        fin = np.where(np.isnan(f), 0, f).astype(np.float64)
+        sat_i32 = lambda v: np.clip(v, -2**31, 2**31 - 1).astype(np.int32)  # noqa: E731
+        expect_i = np.stack([
+            sat_i32(np.trunc(fin)),
+            np.clip(np.trunc(np.abs(fin)), 0, 2**32 - 1).astype(np.uint32).view(np.int32),
+            sat_i32(np.trunc(d)), l.astype(np.int16).astype(np.int32), l.astype(np.int8).astype(np.int32),
+            (l >> 3).astype(np.uint8).astype(np.int32), sat_i32(np.rint(fin)), sat_i32(np.trunc(d)),
+        ], axis=1)
+        expect_f = np.stack([
+            d.astype(np.float32), l.astype(np.float32), l.astype(np.uint32).astype(np.float32),
+            np.fmin(f, d.astype(np.float32)) + np.fmax(f, np.float32(-1)) - np.abs(f),
+        ], axis=1)
+        expect_d = np.stack([f.astype(np.float64), l.astype(np.float64), l.astype(np.uint64).astype(np.float64),
+                             d * 2.0 + f.astype(np.float64)], axis=1)
+    np.testing.assert_array_equal(oi.reshape(n, 8), expect_i)
+    np.testing.assert_array_equal(of.reshape(n, 4)[:, :3], expect_f[:, :3])
+    np.testing.assert_allclose(of.reshape(n, 4)[6:, 3], expect_f[6:, 3], rtol=1e-6)
+    np.testing.assert_allclose(od.reshape(n, 4), expect_d, rtol=1e-15)
