@@ -1,0 +1,235 @@
+"""Loading images (PTX, fatbins), parameter layouts, module variables, special registers, atomics,
+local and generic memory, and the errors a guest gets for bad images and launches."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from conftest import needs_nvcc
+from qcuda.device.backends.emulated.memory import DeviceMemory
+from qcuda.device.backends.emulated.ptx import Module
+from qcuda.protocol.errors import CudaError, Error
+
+rng = np.random.default_rng(99)
+PARAMS_FMT = "<b7xd3ih2x"  # struct Params {char tag; double scale; int offsets[3]; short s;}
+
+
+@needs_nvcc
+def test_struct_and_template_parameters(built, emu):
+    mod = emu.load(built.ptx("params.cu"))
+    f_name = "_Z9scale_addIfLi2EEv6ParamsPKT_PS1_i"
+    i_name = "_Z9scale_addIiLi3EEv6ParamsPKT_PS1_i"
+    assert mod.functions[f_name].param_layout == [(0, 32), (32, 8), (40, 8), (48, 4)]
+    assert mod.functions[f_name].param_size == 52
+    assert mod.functions["vec4_kernel"].param_layout == [(0, 1), (16, 16), (32, 8), (40, 4)]
+    n = 100
+    tag, scale, offs, s = -7, 1.75, (10, -20, 30), 1234
+    p = struct.pack(PARAMS_FMT, tag, scale, *offs, s)
+    x = rng.random(n, dtype=np.float32) * 100
+    out = np.zeros(n, np.float32)
+    emu.run(mod, f_name, 1, 128, p, x, out, np.int32(n))
+    i = np.arange(n)
+    f32 = np.float32
+    expect = ((x * np.float64(scale)).astype(f32) + np.array(offs)[i % 3].astype(f32) * 2 + f32(tag)) + f32(s)
+    np.testing.assert_array_equal(out, expect.astype(f32))
+    xi = rng.integers(-1000, 1000, n, dtype=np.int32)
+    outi = np.zeros(n, np.int32)
+    emu.run(mod, i_name, 1, 128, p, xi, outi, np.int32(n))
+    np.testing.assert_array_equal(outi, np.trunc(xi * scale).astype(np.int32) + np.array(offs)[i % 3] * 3 + tag + s)
+
+
+@needs_nvcc
+def test_aligned_struct_parameter_and_vector_store(built, emu):
+    mod = emu.load(built.ptx("params.cu"))
+    n = 50
+    v = np.array([1.5, -2.0, 3.25, 0.5], np.float32)
+    out = np.zeros((n, 4), np.float32)
+    emu.run(mod, "vec4_kernel", 1, 64, np.int8(3), v.tobytes(), out, np.int32(n))
+    i = np.arange(n, dtype=np.float32)
+    expect = np.stack([v[0] * i + 3, np.full(n, v[1]), v[2] - i, np.full(n, v[3] * v[0])], axis=1)
+    np.testing.assert_array_equal(out, expect)
+
+
+@needs_nvcc
+def test_special_registers_in_3d(built, emu):
+    mod = emu.load(built.ptx("misc.cu"))
+    grid, block = (3, 2, 2), (8, 4, 2)
+    total = 12 * 64
+    out = np.zeros(total * 8, np.uint32)
+    emu.run(mod, "thread_ids", grid, block, out)
+    got = out.reshape(total, 8)
+    rows = []
+    for bz in range(2):
+        for by in range(2):
+            for bx in range(3):
+                for tz in range(2):
+                    for ty in range(4):
+                        for tx in range(8):
+                            t = tx + 8 * (ty + 4 * tz)
+                            rows.append([tx, ty, tz, bx, by, bz, (t % 32) | ((t // 32) << 16), 322])
+    np.testing.assert_array_equal(got, rows)
+
+
+@needs_nvcc
+def test_module_variables(built, emu):
+    mod = emu.load(built.ptx("misc.cu"))
+    n = 16
+    out = np.zeros(n, np.float32)
+    emu.run(mod, "use_globals", 1, 32, out, np.int32(n))
+    coeffs = np.array([0.5, 1.5, -2.0, 4.0], np.float32)
+    table = np.array([3, 1, 4, 1])
+    i = np.arange(n)
+    np.testing.assert_array_equal(out, coeffs[i & 3] * (table[i & 3] + 1000).astype(np.float32))
+    addr, size = mod.global_symbol("counter_base")
+    assert size == 4
+    assert np.frombuffer(emu.memory.read(addr, 4), np.int32)[0] == 1000
+    emu.memory.write(addr, np.int32(-5).tobytes())  # cudaMemcpyToSymbol
+    emu.run(mod, "use_globals", 1, 32, out, np.int32(n))
+    wrapped = (table[i & 3] - 5) % 2**32  # unsigned + int is unsigned in C
+    np.testing.assert_array_equal(out, coeffs[i & 3] * wrapped.astype(np.float32))
+    assert mod.global_symbol("coeffs")[1] == 16
+    with pytest.raises(CudaError) as e:
+        mod.global_symbol("nope")
+    assert e.value.code == Error.cudaErrorInvalidSymbol
+    used = emu.memory.used
+    mod.unload()
+    assert emu.memory.used < used
+
+
+@needs_nvcc
+def test_atomics(built, emu):
+    mod = emu.load(built.ptx("misc.cu"))
+    n, nbins = 20_000, 37
+    x = rng.integers(0, 1 << 30, n, dtype=np.uint32)
+    bins = np.zeros(nbins, np.uint32)
+    emu.run(mod, "histogram", 8, 128, x, bins, np.int32(n), np.int32(nbins))
+    np.testing.assert_array_equal(bins, np.bincount(x % nbins, minlength=nbins))
+    nxt, out = np.zeros(1, np.int32), np.zeros(1000, np.int32)
+    emu.run(mod, "ticket", 4, 256, nxt, out, np.int32(1000))
+    assert nxt[0] == 1000
+    np.testing.assert_array_equal(np.sort(out), np.arange(1000))
+
+
+@needs_nvcc
+def test_local_memory_array(built, emu):
+    mod = emu.load(built.ptx("misc.cu"))
+    n = 300
+    x = rng.integers(-100, 100, n, dtype=np.int32)
+    out = np.zeros(n, np.int32)
+    emu.run(mod, "local_array", 3, 128, x, out, np.int32(n))
+    expect = []
+    for i, v in enumerate(map(int, x)):
+        buf = [v * k + (k ^ i) for k in range(16)]
+        expect.append(sum(buf[(k * 7 + v) & 15] * (k + 1) for k in range(16)))
+    np.testing.assert_array_equal(out, expect)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("which", [0, 1])
+def test_generic_pointers_to_shared_and_global(built, emu, which):
+    mod = emu.load(built.ptx("misc.cu"))
+    x = rng.integers(-100, 100, 256, dtype=np.int32)
+    out = np.zeros(256, np.int32)
+    emu.run(mod, "generic_pointers", 4, 64, x, out, np.int32(which))
+    np.testing.assert_array_equal(out, x + which)
+
+
+# -- images -----------------------------------------------------------------------------------
+@needs_nvcc
+def test_fatbin_forms(built, emu):
+    for flags in [("-arch=sm_90",), ("-arch=sm_90", "-Xfatbin", "-compress=false"),
+                  ("-gencode", "arch=compute_80,code=compute_80", "-gencode", "arch=compute_90,code=sm_90")]:
+        mod = emu.load(built.fatbin("vecadd.cu", *flags))
+        assert set(mod.functions) == {"vec_add", "saxpy_grid_stride", "vec_add_f64"}
+
+
+@needs_nvcc
+def test_several_fatbins_in_one_image(built, emu):
+    image = built.fatbin("vecadd.cu") + built.fatbin("matmul.cu")
+    mod = emu.load(image)
+    assert {"vec_add", "matmul_tiled", "block_sum"} <= set(mod.functions)
+
+
+@needs_nvcc
+def test_fatbin_without_ptx_names_the_fix(built, emu):
+    image = built.fatbin("vecadd.cu", "-gencode", "arch=compute_90,code=sm_90")
+    with pytest.raises(CudaError) as e:
+        emu.load(image)
+    assert e.value.code == Error.cudaErrorNoKernelImageForDevice
+    assert "code=compute_XX" in str(e.value) and "-arch=sm_XX" in str(e.value)
+
+
+def test_ptx_text_with_trailing_nul_and_garbage_images(emu):
+    ptx = b".version 8.0\n.target sm_90\n.address_size 64\n.visible .entry k()\n{\n\tret;\n}\n\0"
+    assert list(emu.load(ptx).functions) == ["k"]
+    for image, code in [(b"\x7fELF" + bytes(60), Error.cudaErrorNoKernelImageForDevice),
+                        (b".version 8.0\n.entry k( {", Error.cudaErrorInvalidPtx),
+                        (struct.pack("<IIQ", 0x466243B1, 1, 0), Error.cudaErrorInvalidKernelImage),
+                        (struct.pack("<IHHQ", 0xBA55ED50, 1, 16, 1 << 40), Error.cudaErrorInvalidKernelImage)]:
+        with pytest.raises(CudaError) as e:
+            emu.load(image)
+        assert e.value.code == code, image
+
+
+def _ptx_kernel(body: str, params: str = "") -> bytes:
+    return (f".version 8.0\n.target sm_90\n.address_size 64\n.visible .entry k({params})\n{{\n"
+            f"\t.reg .pred %p<4>;\n\t.reg .b32 %r<8>;\n\t.reg .b64 %rd<8>;\n{body}\n\tret;\n}}\n").encode()
+
+
+def test_unsupported_instruction_fails_the_launch_by_name(emu):
+    mod = emu.load(_ptx_kernel("\tmov.u32 %r1, %tid.x;\n\tvote.sync.all.pred %p1, %p2, 0xffffffff;"))
+    with pytest.raises(CudaError) as e:
+        mod.functions["k"].launch((1, 1, 1), (32, 1, 1), 0, b"")
+    assert e.value.code == Error.cudaErrorNotSupported
+    assert "vote.sync.all.pred" in str(e.value)
+
+
+def test_out_of_bounds_access_is_an_illegal_address(emu):
+    memory = emu.memory
+    buf = memory.alloc(64)
+    mod = emu.load(_ptx_kernel(
+        "\tld.param.u64 %rd1, [k_param_0];\n\tmov.u32 %r1, %tid.x;\n\tmul.wide.u32 %rd2, %r1, 4;\n"
+        "\tadd.s64 %rd3, %rd1, %rd2;\n\tst.global.u32 [%rd3], %r1;", ".param .u64 k_param_0"))
+    k = mod.functions["k"]
+    k.launch((1, 1, 1), (16, 1, 1), 0, np.uint64(buf).tobytes())
+    assert list(np.frombuffer(memory.read(buf, 64), np.uint32)) == list(range(16))
+    with pytest.raises(CudaError) as e:
+        k.launch((1, 1, 1), (17, 1, 1), 0, np.uint64(buf).tobytes())
+    assert e.value.code == Error.cudaErrorIllegalAddress
+    assert "st.global.u32" in str(e.value)
+
+
+@needs_nvcc
+def test_shared_memory_out_of_bounds(built, emu):
+    mod = emu.load(built.ptx("matmul.cu"))
+    with pytest.raises(CudaError) as e:  # block_sum without the dynamic shared memory it indexes
+        emu.run(mod, "block_sum", 1, 64, np.zeros(64, np.int32), np.zeros(1, np.int32), np.int32(64))
+    assert e.value.code == Error.cudaErrorIllegalAddress
+
+
+@pytest.mark.parametrize("grid,block", [((1, 1, 1), (1025, 1, 1)), ((1, 1, 1), (0, 1, 1)),
+                                        ((1, 1, 70000), (32, 1, 1)), ((1, 1, 1), (32, 32, 2)),
+                                        ((1, 1, 1), (1, 1, 65))])
+def test_bad_launch_configuration(emu, grid, block):
+    k = emu.load(_ptx_kernel("")).functions["k"]
+    with pytest.raises(CudaError) as e:
+        k.launch(grid, block, 0, b"")
+    assert e.value.code == Error.cudaErrorInvalidConfiguration
+
+
+def test_parameters_too_short(emu):
+    k = emu.load(_ptx_kernel("", ".param .u64 k_param_0")).functions["k"]
+    with pytest.raises(CudaError) as e:
+        k.launch((1, 1, 1), (1, 1, 1), 0, b"1234")
+    assert e.value.code == Error.cudaErrorInvalidValue
+
+
+def test_load_does_not_leak_on_error():
+    memory = DeviceMemory(1 << 24)
+    ptx = (b".version 8.0\n.target sm_90\n.address_size 64\n.global .u32 g = 5;\n"
+           b".visible .entry k()\n{\n\tbogus syntax here\n}\n")
+    with pytest.raises(CudaError):
+        Module.load(ptx, memory)
+    assert memory.used == 0
