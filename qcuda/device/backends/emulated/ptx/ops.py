@@ -329,10 +329,20 @@ def _make_cnot(inst: Instruction, mods: list[str]) -> Factory:
     return _elementwise(inst, dt, lambda a: (np.asarray(a) == 0).astype(dt))
 
 
+_POPC8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint32)
+
+
+def _popcount(a) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.bitwise_count(a).astype(np.uint32)
+    return _POPC8[a.view(np.uint8)].reshape(a.shape + (a.dtype.itemsize,)).sum(axis=-1, dtype=np.uint32)
+
+
 def _make_popc(inst: Instruction, mods: list[str]) -> Factory:
     dt = _one_type(inst, mods)
     _operands(inst, 2)
-    return _elementwise(inst, dt, lambda a: np.bitwise_count(a).astype(np.uint32), out_dt=DTYPES["u32"])
+    return _elementwise(inst, dt, _popcount, out_dt=DTYPES["u32"])
 
 
 def _make_clz(inst: Instruction, mods: list[str]) -> Factory:

@@ -212,6 +212,8 @@ class _Parser:
         self.toks = tokenize(text)
         self.i = 0
         self.ast = ModuleAst()
+        self.scopes: list[dict[str, str]] = []  # registers declared in nested `{ }` blocks, renamed
+        self.renamed = 0
 
     # token helpers
     def peek(self, k: int = 0) -> tuple[str, str, int]:
@@ -427,19 +429,19 @@ class _Parser:
             self.expect(",")
 
     def body(self, fn: Function) -> None:
-        depth = 1
+        self.scopes = [{}]
         while True:
             kind, tok, line = self.peek()
             if kind == "eof":
                 raise self.error("unterminated function body")
             if tok == "}":
                 self.next()
-                depth -= 1
-                if depth == 0:
+                self.scopes.pop()
+                if not self.scopes:
                     return
             elif tok == "{":
                 self.next()
-                depth += 1
+                self.scopes.append({})
             elif tok == ".reg":
                 self.next()
                 self.reg_decl(fn)
@@ -466,6 +468,9 @@ class _Parser:
         type_size(rtype)
         while True:
             name = self.ident()
+            if len(self.scopes) > 1:  # a nested block's register: unique, so blocks may reuse names
+                self.renamed += 1
+                self.scopes[-1][name] = name = f"{name}~{self.renamed}"
             if self.accept("<"):
                 n = self.integer()
                 self.expect(">")
@@ -477,12 +482,18 @@ class _Parser:
                 return
             self.expect(",")
 
+    def reg(self, name: str) -> Reg:
+        for scope in reversed(self.scopes):
+            if name in scope:
+                return Reg(scope[name])
+        return Reg(name)
+
     def instruction(self) -> Instruction:
         guard = None
         line = self.peek()[2]
         if self.accept("@"):
             neg = self.accept("!")
-            guard = (self.ident(), neg)
+            guard = (self.reg(self.ident()).name, neg)
         opcode = self.ident()
         operands: list = []
         if not self.accept(";"):
@@ -503,7 +514,7 @@ class _Parser:
             kind, tok, line = self.peek()
             if kind == "ident":
                 self.next()
-                base = Reg(tok) if tok.startswith("%") else Sym(tok)
+                base = self.reg(tok) if tok.startswith("%") else Sym(tok)
                 if self.peek()[1] in ("+", "-"):
                     neg = self.next()[1] == "-"
                     v = self.integer()
@@ -532,13 +543,13 @@ class _Parser:
             return Vec(tuple(items))
         if tok == "!":
             self.next()
-            return Neg(Reg(self.ident()))
+            return Neg(self.reg(self.ident()))
         if kind == "ident":
             self.next()
             if tok.startswith("%"):
-                reg = Reg(tok)
+                reg = self.reg(tok)
                 if self.accept("|"):
-                    return PredPair(reg, Reg(self.ident()))
+                    return PredPair(reg, self.reg(self.ident()))
                 return reg
             return Sym(tok)
         return self.immediate()
