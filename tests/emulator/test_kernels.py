@@ -249,3 +249,33 @@ def test_conversions(built, emu):
     np.testing.assert_array_equal(of.reshape(n, 4)[:, :3], expect_f[:, :3])
     np.testing.assert_allclose(of.reshape(n, 4)[6:, 3], expect_f[6:, 3], rtol=1e-6)
     np.testing.assert_allclose(od.reshape(n, 4), expect_d, rtol=1e-15)
+
+
+def _warp_ref(v: np.ndarray) -> np.ndarray:
+    """The warp_ops kernel for one full warp of 32 values, lane by lane."""
+    lanes = np.arange(32)
+    total = v.astype(np.int64)
+    for off in (16, 8, 4, 2, 1):
+        src = lanes + off
+        total = total + np.where(src <= 31, total[np.minimum(src, 31)], total)
+    seg = np.where(lanes % 8 != 7, v[np.minimum(lanes + 1, 31)], v)
+    up = np.where(lanes >= 3, v[np.maximum(lanes - 3, 0)], v)
+    ballot = sum(1 << int(k) for k in lanes if v[k] > 0)
+    active = np.where(lanes % 3 == 0, sum(1 << k for k in range(0, 32, 3)), 0)
+    cols = [total, np.full(32, v.max()), np.full(32, v[5]), up, seg, np.full(32, ballot),
+            np.full(32, int((v > 90).any())), np.full(32, int((v > -90).all())), active,
+            np.full(32, int(v.astype(np.int64).sum()) % 2**32)]
+    return (np.stack(cols, axis=1) % 2**32).astype(np.uint32).view(np.int32)
+
+
+def test_warp_primitives(built, emu):
+    mod = emu.load(built.ptx("warp.cu"))
+    blocks, block = 3, 96
+    n = blocks * block - 40  # the tail lanes read 0 but still take part in the warp operations
+    x = rng.integers(-100, 100, n, dtype=np.int32)
+    out = np.zeros(n * 10, np.int32)
+    emu.run(mod, "warp_ops", blocks, block, x, out, np.int32(n))
+    padded = np.zeros(blocks * block, np.int32)
+    padded[:n] = x
+    expect = np.concatenate([_warp_ref(w) for w in padded.reshape(-1, 32)])[:n]
+    np.testing.assert_array_equal(out.reshape(n, 10), expect)

@@ -95,10 +95,21 @@ class Frame:
         self.thread_index = t
         self.block_of_thread = t // self.tpb
         lin = (t % self.tpb).astype(np.uint32)
+        lane = lin % 32
+        # warps: 32 consecutive threads of a block; the last one of a block may be partial
+        self.warps_per_block = -(-self.tpb // 32)
+        self.warp_key = self.block_of_thread * self.warps_per_block + lin // 32
+        self.warp_base = t - lane
+        self.block_end = (self.block_of_thread + 1) * self.tpb
+        self.lane = lane.astype(np.int64)
+        le = ((np.uint64(2) << lane.astype(np.uint64)) - np.uint64(1)).astype(np.uint32)
+        lt = ((np.uint64(1) << lane.astype(np.uint64)) - np.uint64(1)).astype(np.uint32)
         bx, by, _ = block
         self.sregs: dict[str, np.ndarray] = {
             "%tid.x": lin % bx, "%tid.y": (lin // bx) % by, "%tid.z": lin // (bx * by),
-            "%laneid": lin % 32, "%warpid": lin // 32,
+            "%laneid": lane, "%warpid": lin // 32,
+            "%lanemask_eq": np.left_shift(np.uint32(1), lane), "%lanemask_lt": lt, "%lanemask_le": le,
+            "%lanemask_gt": ~le, "%lanemask_ge": ~lt,
             "%ctaid.x": np.zeros(n, np.uint32), "%ctaid.y": np.zeros(n, np.uint32),
             "%ctaid.z": np.zeros(n, np.uint32),
         }

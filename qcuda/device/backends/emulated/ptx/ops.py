@@ -912,6 +912,117 @@ _ATOM_OPS: dict[str, Callable] = {
 }
 
 
+# -- warp-level ----------------------------------------------------------------------------------
+def _full_mask(fr: Frame, m) -> np.ndarray:
+    return np.ones(fr.n, dtype=bool) if m is True else m
+
+
+def _make_shfl(inst: Instruction, mods: list[str]) -> Factory:
+    """shfl.sync: every active lane reads another lane's register of the same step (PTX ISA rules
+    for the source lane, clamp and sub-warp segment)."""
+    mode = next((x for x in mods if x in ("up", "down", "bfly", "idx")), None)
+    dt = _one_type(inst, mods)
+    ops = inst.operands
+    if mode is None or len(ops) not in (4, 5):
+        raise Unsupported(f"instruction {inst.opcode}")
+    d, a, b, c = ops[:4]
+    first, second = (d.first, d.second) if isinstance(d, PredPair) else (d, None)
+    u32 = DTYPES["u32"]
+
+    def factory(fr: Frame) -> Run:
+        ga, gb, gc = fr.src(a, dt), fr.src(b, u32), fr.src(c, u32)
+        _, write = fr.dst(first, dt)
+        write_p = fr.dst(second, DTYPES["pred"])[1] if second is not None else None
+        lane = fr.lane
+
+        def run(m):
+            bval = np.asarray(gb()).astype(np.int64) & 31
+            cval = np.asarray(gc()).astype(np.int64)
+            seg = (cval >> 8) & 31
+            max_lane = (lane & seg) | (cval & 31 & ~seg)
+            if mode == "up":
+                j = lane - bval
+                ok = j >= max_lane
+            else:
+                j = {"down": lambda: lane + bval, "bfly": lambda: lane ^ bval,
+                     "idx": lambda: (lane & seg) | (bval & ~seg)}[mode]()
+                ok = j <= max_lane
+            src = fr.warp_base + np.where(ok, j, lane)
+            src = np.where(src < fr.block_end, src, fr.thread_index)
+            write(np.broadcast_to(ga(), (fr.n,))[src], m)
+            if write_p is not None:
+                write_p(ok, m)
+        return run
+    return factory
+
+
+def _warp_ballot(fr: Frame, bits: np.ndarray) -> np.ndarray:
+    """Per thread: the ballot (uint32) of its warp over `bits`."""
+    weights = np.where(bits, np.left_shift(1, fr.lane).astype(np.float64), 0.0)
+    per_warp = np.bincount(fr.warp_key, weights, minlength=fr.nblocks * fr.warps_per_block)
+    return per_warp.astype(np.uint32)[fr.warp_key]
+
+
+def _make_vote(inst: Instruction, mods: list[str]) -> Factory:
+    mode = next((x for x in mods if x in ("all", "any", "uni", "ballot")), None)
+    if mode is None or len(inst.operands) not in (2, 3):
+        raise Unsupported(f"instruction {inst.opcode}")
+    d, a = inst.operands[:2]
+
+    def factory(fr: Frame) -> Run:
+        ga = _pred_source(fr, a)
+        _, write = fr.dst(d, DTYPES["u32"] if mode == "ballot" else DTYPES["pred"])
+
+        def run(m):
+            active = _full_mask(fr, m)
+            yes = _warp_ballot(fr, np.asarray(ga()) & active)
+            if mode == "ballot":
+                write(yes, m)
+                return
+            everyone = _warp_ballot(fr, active)
+            result = {"all": lambda: yes == everyone, "any": lambda: yes != 0,
+                      "uni": lambda: (yes == 0) | (yes == everyone)}[mode]()
+            write(result, m)
+        return run
+    return factory
+
+
+def _make_activemask(inst: Instruction, mods: list[str]) -> Factory:
+    (d,) = _operands(inst, 1)
+
+    def factory(fr: Frame) -> Run:
+        _, write = fr.dst(d, DTYPES["u32"])
+        return lambda m: write(_warp_ballot(fr, _full_mask(fr, m)), m)
+    return factory
+
+
+_REDUX = {"add": np.add, "min": np.minimum, "max": np.maximum,
+          "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor}
+
+
+def _make_redux(inst: Instruction, mods: list[str]) -> Factory:
+    op = next((x for x in mods if x in _REDUX), None)
+    dt = _one_type(inst, mods)
+    if op is None or dt.kind == "f" or len(inst.operands) != 3:
+        raise Unsupported(f"instruction {inst.opcode}")
+    d, a, _ = inst.operands
+    uf = _REDUX[op]
+    identity = {"add": 0, "or": 0, "xor": 0, "and": -1, "min": np.iinfo(dt).max, "max": np.iinfo(dt).min}[op]
+
+    def factory(fr: Frame) -> Run:
+        ga = fr.src(a, dt)
+        _, write = fr.dst(d, dt)
+        nwarps = fr.nblocks * fr.warps_per_block
+
+        def run(m):
+            active = _full_mask(fr, m)
+            acc = np.full(nwarps, np.array(identity).astype(dt), dtype=dt)
+            uf.at(acc, fr.warp_key[active], np.broadcast_to(ga(), (fr.n,))[active])
+            write(acc[fr.warp_key], m)
+        return run
+    return factory
+
+
 def _no_op(inst: Instruction, mods: list[str]) -> Factory:
     """Barriers and fences: in lockstep, min-PC execution every thread that has not reached this
     point is run before the threads that have (see kernel.py), which is what bar.sync promises."""
@@ -942,7 +1053,8 @@ _MAKERS: dict[str, Callable[[Instruction, list[str]], Factory]] = {
     "mov": _make_mov, "cvt": _make_cvt, "cvta": _make_cvta, "isspacep": _make_isspacep,
     "ld": _make_ld, "ldu": _make_ld, "st": _make_st, "atom": _make_atom, "red": _make_atom,
     "bar": _no_op, "barrier": _no_op, "membar": _no_op, "fence": _no_op, "nanosleep": _no_op,
-    "trap": _make_trap,
+    "trap": _make_trap, "shfl": _make_shfl, "vote": _make_vote, "activemask": _make_activemask,
+    "redux": _make_redux,
 }
 
 
