@@ -99,6 +99,17 @@ def test_module_variables(built, emu):
 
 
 @needs_nvcc
+def test_variable_initialised_with_an_address(built, emu):
+    mod = emu.load(built.ptx("misc.cu"))
+    out = np.zeros(3, np.int32)
+    emu.run(mod, "follow_pointer", 1, 3, out)
+    np.testing.assert_array_equal(out, [7, 8, 9])
+    gvals, _ = mod.global_symbol("gvals")
+    gptr, size = mod.global_symbol("gptr")
+    assert size == 8 and np.frombuffer(emu.memory.read(gptr, 8), np.uint64)[0] == gvals + 4
+
+
+@needs_nvcc
 def test_atomics(built, emu):
     mod = emu.load(built.ptx("misc.cu"))
     n, nbins = 20_000, 37

@@ -62,3 +62,8 @@ extern "C" __global__ void generic_pointers(const int* in, int* out, int which) 
     v = s[t];
     out[blockIdx.x * 64 + t] = v;
 }
+
+// A module variable initialised with another variable's address.
+__device__ int gvals[3] = {7, 8, 9};
+__device__ int* gptr = &gvals[1];
+extern "C" __global__ void follow_pointer(int* out) { out[threadIdx.x] = gptr[(int)threadIdx.x - 1]; }

@@ -7,7 +7,7 @@ from .....protocol.errors import CudaError, Error
 from .fatbin import ptx_texts
 from .frame import DTYPES, imm_scalar
 from .kernel import Kernel
-from .parser import Variable, parse
+from .parser import OPAQUE_TYPES, Addr, Variable, parse
 
 
 class Module:
@@ -33,9 +33,12 @@ class Module:
     def _add(self, text: str) -> None:
         ast = parse(text)
         module_vars = {v.name: v for v in ast.variables}
-        for v in ast.variables:
-            if v.space in ("global", "const") and not v.extern:
-                self._allocate(v)
+        data = [v for v in ast.variables
+                if v.space in ("global", "const") and not v.extern and v.elem_type not in OPAQUE_TYPES]
+        for v in data:
+            self._allocate(v)
+        for v in data:  # after every allocation: initialisers may hold other variables' addresses
+            self._initialise(v)
         addrs = {name: addr for name, (addr, _) in self._globals.items()}
         for fn in ast.functions.values():
             if fn.is_entry and fn.defined:
@@ -48,17 +51,28 @@ class Module:
             raise CudaError(Error.cudaErrorInvalidPtx, f"variable {v.name} is defined twice")
         if v.elem_type not in DTYPES or v.elem_type == "pred":
             raise CudaError(Error.cudaErrorNotSupported, f"variable {v.name} of type .{v.elem_type}")
-        size = max(v.size, 1)
-        addr = self.memory.alloc(size)
+        addr = self.memory.alloc(max(v.size, 1))
         self._globals[v.name] = (addr, v.size)
-        data = bytearray(size)
+
+    def _initialise(self, v: Variable) -> None:
+        addr, size = self._globals[v.name]
+        data = bytearray(max(size, 1))
         if v.init:
             dt = DTYPES[v.elem_type]
             if len(v.init) > v.count:
                 raise CudaError(Error.cudaErrorInvalidPtx, f"too many initialisers for {v.name}")
-            packed = b"".join(np.asarray(imm_scalar(x, dt)).tobytes() for x in v.init)
-            data[:len(packed)] = packed
+            data[:len(v.init) * dt.itemsize] = b"".join(self._init_bytes(x, dt, v.name) for x in v.init)
         self.memory.write(addr, bytes(data))
+
+    def _init_bytes(self, value, dt: np.dtype, owner: str) -> bytes:
+        if isinstance(value, Addr):
+            target = self._globals.get(value.base.name)
+            if target is None or dt.itemsize != 8:
+                raise CudaError(Error.cudaErrorNotSupported,
+                                f"initialiser of {owner} takes the address of {value.base.name}, which the "
+                                "emulator can only resolve for .global/.const variables, as 64-bit values")
+            return np.uint64((target[0] + value.offset) % (1 << 64)).tobytes()
+        return np.asarray(imm_scalar(value, dt)).tobytes()
 
     def global_symbol(self, name: str) -> tuple[int, int]:
         """(device address, size) of a module-scope .global/.const variable."""

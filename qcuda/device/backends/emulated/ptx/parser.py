@@ -132,6 +132,7 @@ class ModuleAst:
     functions: dict[str, Function] = field(default_factory=dict)
 
 
+OPAQUE_TYPES = ("texref", "samplerref", "surfref")  # declared, never supported in use
 _TYPE_SIZES = {"8": 1, "16": 2, "32": 4, "64": 8, "128": 16}
 
 
@@ -338,6 +339,8 @@ class _Parser:
         if self.accept("="):
             init = self.initializer()
         self.expect(";")
+        if elem in OPAQUE_TYPES:
+            return Variable(space, name, elem, align or 8, count, init, extern)
         return Variable(space, name, elem, align or type_size(elem), count, init, extern)
 
     def initializer(self) -> list:
@@ -351,8 +354,18 @@ class _Parser:
                     self.expect(",")
             return values
         kind, tok, line = self.peek()
-        if kind == "ident":
-            raise self.error("initialisers that take a symbol's address are not supported")
+        if kind == "ident":  # sym, generic(sym), either + offset: a variable's address
+            self.next()
+            name = tok
+            if tok == "generic":
+                self.expect("(")
+                name = self.ident()
+                self.expect(")")
+            offset = 0
+            if self.peek()[1] in ("+", "-"):
+                neg = self.next()[1] == "-"
+                offset = -self.integer() if neg else self.integer()
+            return [Addr(Sym(name), offset)]
         return [self.immediate()]
 
     def immediate(self) -> Imm:
@@ -380,13 +393,13 @@ class _Parser:
         fn = Function(name, is_entry, params)
         if rets:
             fn.directives[".returns"] = (len(rets),)
-        while self.peek()[0] == "directive":
+        while self.peek()[0] == "directive":  # .maxntid 256, 1, 1; .noreturn; .explicitcluster
             d = self.next()[1]
-            if d == ".noreturn":
-                continue
-            vals = [self.integer()]
-            while self.accept(","):
+            vals = []
+            if self.peek()[0] == "int":
                 vals.append(self.integer())
+                while self.accept(","):
+                    vals.append(self.integer())
             fn.directives[d] = tuple(vals)
         if self.accept(";"):
             fn.defined = False
