@@ -279,3 +279,38 @@ def test_warp_primitives(built, emu):
     padded[:n] = x
     expect = np.concatenate([_warp_ref(w) for w in padded.reshape(-1, 32)])[:n]
     np.testing.assert_array_equal(out.reshape(n, 10), expect)
+
+
+def _mix(a: int, b: int) -> int:
+    r = ((a * 31 + b + 2**31) % 2**32) - 2**31
+    return r ^ 0x55 if r & 1 else r >> 1
+
+
+def test_device_function_calls(built, emu):
+    mod = emu.load(built.ptx("calls.cu"))
+    n = 200
+    p = rng.random(4, dtype=np.float32)
+    outf, outi = np.zeros(n, np.float32), np.zeros(2 * n, np.int32)
+    emu.run(mod, "calls", 2, 128, p, outf, outi, np.int32(n))
+    expect_f, expect_i = [], []
+    for i in range(n):
+        acc = np.float32(0)
+        for k in range(i % 4 + 1):
+            acc = np.float32(acc + p[k] * np.float32(0.5))
+        expect_f.append(np.float32(acc + np.float32(_mix(i, 3))))
+        v = _mix(i, i + 1) if i % 3 else -i
+        expect_i += [v, _mix(v, i)]
+    np.testing.assert_allclose(outf, expect_f, rtol=1e-6)
+    np.testing.assert_array_equal(outi, expect_i)
+
+
+def test_printf(built, emu):
+    mod = emu.load(built.ptx("calls.cu"))
+    printed: list[str] = []
+    mod.functions["hello"].output = printed.append
+    emu.run(mod, "hello", 1, 4, np.int32(3))
+    assert "".join(printed) == (
+        "thread 0 of 4:  0.00 ok 0 A|0   |\n"
+        "thread 1 of 4:  0.50 ok -7 B|11  |\n"
+        "thread 2 of 4:  1.00 ok -14 C|22  |\n"
+    )

@@ -12,12 +12,15 @@ While no thread has diverged, the active set is the constant True and costs noth
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from .....protocol.errors import CudaError, Error
 from .frame import DTYPES, Frame, Unsupported
+from .inline import expand_calls
 from .ops import Factory, decode
 from .parser import Addr, Function, Instruction, Reg, Sym, Variable
 
@@ -47,9 +50,15 @@ class Kernel:
     """One `.entry` of a loaded module, ready to launch."""
 
     def __init__(self, fn: Function, module_vars: dict[str, Variable], global_addrs: dict[str, int],
-                 memory) -> None:
+                 memory, functions: dict[str, Function]) -> None:
         self.name = fn.name
         self.memory = memory
+        self.output: Callable[[str], object] = _print  # where device printf goes; the backend may redirect
+        self.error: CudaError | None = None
+        try:
+            fn = expand_calls(fn, functions)
+        except CudaError as e:
+            self._fail(e)
         self.regs = dict(fn.regs)
         self._symbols: dict[str, int] = {}
         self.param_layout: list[tuple[int, int]] = []
@@ -92,7 +101,6 @@ class Kernel:
         for name in self._dynamic:
             self._symbols[name] = self._dynamic_base
 
-        self.error: CudaError | None = None
         self._blocks = self._build_blocks(fn)
         self._reg_bytes = sum(DTYPES[t].itemsize for t in self.regs.values())
 
@@ -254,6 +262,11 @@ class Kernel:
             m = nxt == cur
             if m.all():
                 m = True
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _referenced_symbols(fn: Function) -> set[str]:

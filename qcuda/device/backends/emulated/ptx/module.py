@@ -42,7 +42,7 @@ class Module:
         addrs = {name: addr for name, (addr, _) in self._globals.items()}
         for fn in ast.functions.values():
             if fn.is_entry and fn.defined:
-                self.functions[fn.name] = Kernel(fn, module_vars, addrs, self.memory)
+                self.functions[fn.name] = Kernel(fn, module_vars, addrs, self.memory, ast.functions)
 
     def _allocate(self, v: Variable) -> None:
         if v.count is None:

@@ -13,6 +13,7 @@ once more to float32 (double rounding, off by one ulp in rare cases); `fma.rn.f6
 """
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import numpy as np
@@ -1023,6 +1024,101 @@ def _make_redux(inst: Instruction, mods: list[str]) -> Factory:
     return factory
 
 
+# -- device printf -----------------------------------------------------------------------------------
+_FORMAT = re.compile(r"%([-+ #0]*)(\*|\d+)?(?:\.(\*|\d+))?(hh|h|ll|l|j|z|t|L)?([diouxXeEfFgGaAcsp%])")
+MAX_STRING = 4096
+
+
+def _read_bytes(fr: Frame, addr: int, thread: int, size: int) -> bytes:
+    """`size` bytes at a generic address as one thread sees it."""
+    values = load_space(fr, None, np.arange(addr, addr + size, dtype=np.uint64),
+                        np.full(size, thread, dtype=np.int64), np.dtype(np.uint8))
+    return values.tobytes()
+
+
+def _read_cstring(fr: Frame, addr: int, thread: int) -> str:
+    out = bytearray()
+    while len(out) < MAX_STRING:
+        byte = _read_bytes(fr, addr + len(out), thread, 1)
+        if byte == b"\0":
+            break
+        out += byte
+    return out.decode("utf-8", errors="replace")
+
+
+def format_printf(fr: Frame, fmt_addr: int, args_addr: int, thread: int) -> str:
+    """C printf of a format string and vprintf's packed argument buffer (each argument aligned
+    to its size; float arguments were promoted to double)."""
+    fmt = _read_cstring(fr, fmt_addr, thread)
+    pos = 0
+
+    def take(size: int, kind: str):
+        nonlocal pos
+        pos = _align_up(pos, size)
+        raw = _read_bytes(fr, args_addr + pos, thread, size)
+        pos += size
+        return np.frombuffer(raw, {"i": SINT, "u": UINT}[kind][size] if kind != "f" else np.float64)[0].item()
+
+    def convert(m: re.Match) -> str:
+        flags, width, precision, length, conv = m.groups()
+        if conv == "%":
+            return "%"
+        if width == "*":
+            width = str(take(4, "i"))
+        if precision == "*":
+            precision = str(take(4, "i"))
+        spec = "%" + flags + (width or "") + ("." + precision if precision is not None else "")
+        if conv in "diouxXc":
+            size = 8 if length in ("l", "ll", "j", "z", "t") else 4
+            value = take(size, "i" if conv in "di" else "u")
+            if conv == "c":
+                return (spec + "c") % chr(value & 0xFF)
+            return (spec + ("d" if conv in "iu" else conv)) % value
+        if conv in "eEfFgGaA":
+            value = take(8, "f")
+            return value.hex() if conv in "aA" else (spec + conv) % value
+        address = take(8, "u")
+        if conv == "p":
+            return (spec + "s") % f"0x{address:x}"
+        return (spec + "s") % (_read_cstring(fr, address, thread) if address else "(null)")
+    return _FORMAT.sub(convert, fmt)
+
+
+def _align_up(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+def _make_vprintf(inst: Instruction, mods: list[str]) -> Factory:
+    rets, args = inst.operands
+    if len(args.items) != 2:
+        raise Unsupported(f"vprintf with {len(args.items)} arguments")
+    u64 = np.dtype(np.uint64)
+
+    def factory(fr: Frame) -> Run:
+        fmt_slot, args_slot = (fr.kernel.symbol_address(a.name) for a in args.items)
+        ret_slot = fr.kernel.symbol_address(rets.items[0].name) if rets.items else None
+
+        def run(m):
+            ids = fr.thread_index if m is True else fr.thread_index[m]
+            if ids.size == 0:
+                return
+            fmts = load_space(fr, "local", np.full(ids.size, fmt_slot, np.uint64), ids, u64)
+            bufs = load_space(fr, "local", np.full(ids.size, args_slot, np.uint64), ids, u64)
+            texts = [format_printf(fr, int(f), int(b), int(t)) for f, b, t in zip(fmts, bufs, ids)]
+            fr.kernel.output("".join(texts))
+            if ret_slot is not None:
+                lengths = np.array([len(t) for t in texts], dtype=np.int32)
+                store_space(fr, "local", np.full(ids.size, ret_slot, np.uint64), ids, lengths)
+        return run
+    return factory
+
+
+def _make_builtin(inst: Instruction, mods: list[str]) -> Factory:
+    if mods == ["vprintf"]:
+        return _make_vprintf(inst, mods)
+    raise Unsupported(f"instruction {inst.opcode}")
+
+
 def _no_op(inst: Instruction, mods: list[str]) -> Factory:
     """Barriers and fences: in lockstep, min-PC execution every thread that has not reached this
     point is run before the threads that have (see kernel.py), which is what bar.sync promises."""
@@ -1054,7 +1150,7 @@ _MAKERS: dict[str, Callable[[Instruction, list[str]], Factory]] = {
     "ld": _make_ld, "ldu": _make_ld, "st": _make_st, "atom": _make_atom, "red": _make_atom,
     "bar": _no_op, "barrier": _no_op, "membar": _no_op, "fence": _no_op, "nanosleep": _no_op,
     "trap": _make_trap, "shfl": _make_shfl, "vote": _make_vote, "activemask": _make_activemask,
-    "redux": _make_redux,
+    "redux": _make_redux, "qcuda": _make_builtin,
 }
 
 

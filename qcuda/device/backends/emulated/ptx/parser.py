@@ -121,6 +121,7 @@ class Function:
     body: list = field(default_factory=list)  # Instruction | label name (str)
     directives: dict[str, tuple[int, ...]] = field(default_factory=dict)  # .maxntid etc.
     defined: bool = True
+    returns: list[Param] = field(default_factory=list)  # a .func's return parameters
 
 
 @dataclass
@@ -390,9 +391,7 @@ class _Parser:
             rets = self.param_list()
         name = self.ident()
         params = self.param_list() if self.peek()[1] == "(" else []
-        fn = Function(name, is_entry, params)
-        if rets:
-            fn.directives[".returns"] = (len(rets),)
+        fn = Function(name, is_entry, params, returns=rets)
         while self.peek()[0] == "directive":  # .maxntid 256, 1, 1; .noreturn; .explicitcluster
             d = self.next()[1]
             vals = []
@@ -460,8 +459,11 @@ class _Parser:
                 self.reg_decl(fn)
             elif tok in (".local", ".shared", ".global", ".const"):
                 fn.variables.append(self.variable(extern=False))
-            elif tok == ".param":
-                raise self.error("function-local .param (a call sequence) is not supported")
+            elif tok == ".param":  # a call sequence's argument or return slot, scoped to its block
+                v = self.variable(extern=False)
+                self.renamed += 1
+                self.scopes[-1][v.name] = v.name = f"{v.name}~{self.renamed}"
+                fn.variables.append(v)
             elif tok == ".pragma":
                 self.next()
                 self.next()
@@ -495,11 +497,14 @@ class _Parser:
                 return
             self.expect(",")
 
-    def reg(self, name: str) -> Reg:
+    def scoped(self, name: str) -> str:
         for scope in reversed(self.scopes):
             if name in scope:
-                return Reg(scope[name])
-        return Reg(name)
+                return scope[name]
+        return name
+
+    def reg(self, name: str) -> Reg:
+        return Reg(self.scoped(name))
 
     def instruction(self) -> Instruction:
         guard = None
@@ -527,7 +532,7 @@ class _Parser:
             kind, tok, line = self.peek()
             if kind == "ident":
                 self.next()
-                base = self.reg(tok) if tok.startswith("%") else Sym(tok)
+                base = self.reg(tok) if tok.startswith("%") else Sym(self.scoped(tok))
                 if self.peek()[1] in ("+", "-"):
                     neg = self.next()[1] == "-"
                     v = self.integer()
@@ -564,7 +569,7 @@ class _Parser:
                 if self.accept("|"):
                     return PredPair(reg, self.reg(self.ident()))
                 return reg
-            return Sym(tok)
+            return Sym(self.scoped(tok))
         return self.immediate()
 
 
