@@ -314,3 +314,36 @@ def test_printf(built, emu):
         "thread 1 of 4:  0.50 ok -7 B|11  |\n"
         "thread 2 of 4:  1.00 ok -14 C|22  |\n"
     )
+
+
+def _fma_exact(a: np.float32, b: np.float32, c: np.float32) -> np.float32:
+    from fractions import Fraction
+    x = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
+    f = np.float32(float(x))
+    candidates = [np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf))]
+    return min(candidates, key=lambda y: (abs(Fraction(float(y)) - x), int(np.array(y).view(np.uint32)) & 1))
+
+
+def test_fma_f32_rounds_once(built, emu):
+    mod = emu.load(built.ptx("convert.cu"))
+    n = 500
+    a = (1 + rng.integers(0, 2**23, n) * 2.0**-23).astype(np.float32)
+    b = (1 + rng.integers(0, 2**23, n) * 2.0**-23).astype(np.float32)
+    c = (-rng.random(n) * 4).astype(np.float32)
+    a[0] = b[0] = np.float32(1 + 2**-12)  # a*b = 1 + 2^-11 + 2^-24: a float64 sum would round twice
+    c[0] = np.float32(2.0**-60)
+    out = np.zeros(n, np.float32)
+    emu.run(mod, "fma_f32", 2, 256, a, b, c, out, np.int32(n))
+    np.testing.assert_array_equal(out, [_fma_exact(x, y, z) for x, y, z in zip(a, b, c)])
+
+
+def test_vector_loads_and_half_conversion(built, emu):
+    mod = emu.load(built.ptx("convert.cu"))
+    n = 100
+    v = rng.standard_normal((n, 4)).astype(np.float32)
+    d = rng.standard_normal((n, 2))
+    out, outd, h = np.zeros((n, 4), np.float32), np.zeros((n, 2)), np.zeros(n, np.uint16)
+    emu.run(mod, "vectors", 1, 128, v, d, out, outd, h, np.int32(n))
+    np.testing.assert_array_equal(out, np.stack([v[:, 3], v[:, 2] * 2, v[:, 1] + v[:, 0], -v[:, 0]], axis=1))
+    np.testing.assert_array_equal(outd, np.stack([d[:, 1], d[:, 0] - d[:, 1]], axis=1))
+    np.testing.assert_array_equal(h, v[:, 0].astype(np.float16).view(np.uint16))

@@ -1,5 +1,6 @@
 // Conversions between integer and float types, with the rounding modes nvcc emits.
 #include <stdint.h>
+#include <cuda_fp16.h>
 extern "C" __global__ void conversions(const float* f, const double* d, const int64_t* l, int32_t* oi, float* of, double* od, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
@@ -20,4 +21,21 @@ extern "C" __global__ void conversions(const float* f, const double* d, const in
     od[i * 4 + 1] = (double)z;
     od[i * 4 + 2] = (double)(uint64_t)z;
     od[i * 4 + 3] = fma(y, 2.0, (double)x);
+}
+
+// Fused multiply-add in single precision: one rounding, also where float64 arithmetic would round twice.
+extern "C" __global__ void fma_f32(const float* a, const float* b, const float* c, float* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = fmaf(a[i], b[i], c[i]);
+}
+
+// Vector loads and stores (.v2/.v4, .nc) and half precision conversions.
+extern "C" __global__ void vectors(const float4* __restrict__ in, const double2* __restrict__ d, float4* out, double2* outd, unsigned short* h, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float4 v = in[i];
+    out[i] = make_float4(v.w, v.z * 2.0f, v.y + v.x, -v.x);
+    double2 e = d[i];
+    outd[i] = make_double2(e.y, e.x - e.y);
+    h[i] = __half_as_ushort(__float2half_rn(v.x));
 }

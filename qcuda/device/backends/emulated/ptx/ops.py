@@ -7,9 +7,9 @@ Arithmetic writes through `where=mask`; memory operations touch only the active 
 addresses, so an inactive thread can never fault. Anything not implemented raises `Unsupported`
 (cudaErrorNotSupported) naming the instruction, never a silent wrong answer.
 
-Deliberate approximations, each a later issue: `fma.rn.f32` is computed in float64 and rounded
-once more to float32 (double rounding, off by one ulp in rare cases); `fma.rn.f64` is not fused;
-`.approx` math is computed exactly; `.ftz` does not flush subnormals.
+Deliberate approximations, each a later issue: `fma.rn.f64` is not fused (a*b rounded, then +c);
+`.approx` math is computed to full precision; `.ftz` does not flush subnormals. Directed
+rounding (.rz/.rm/.rp) of float arithmetic is refused rather than computed to nearest.
 """
 from __future__ import annotations
 
@@ -215,12 +215,32 @@ def _make_fma(inst: Instruction, mods: list[str]) -> Factory:
     if dt == np.float64:
         fn = lambda a, b, c: np.multiply(a, b) + c  # noqa: E731 (not fused: see module doc)
     else:
-        f64 = np.float64
-        fn = lambda a, b, c: (np.multiply(np.asarray(a, f64), b) + c).astype(dt)  # noqa: E731
+        fn = lambda a, b, c: _fma_narrow(a, b, c, dt)  # noqa: E731
     if "sat" in mods:
         base = fn
         fn = lambda a, b, c: np.clip(np.nan_to_num(base(a, b, c), nan=0.0), 0, 1).astype(dt)  # noqa: E731
     return _elementwise(inst, dt, fn)
+
+
+_SIGN64 = np.uint64(1 << 63)
+
+
+def _fma_narrow(a, b, c, dt: np.dtype) -> np.ndarray:
+    """Correctly rounded a*b+c for f32/f16: the product is exact in float64; the sum is rounded
+    to odd there (TwoSum gives its error), and round-to-odd then round-to-nearest in a format
+    with 2p+2 bits or fewer is a single correct rounding."""
+    a64 = np.asarray(a, np.float64)
+    p = a64 * b
+    c64 = np.asarray(c, np.float64)
+    s = p + c64
+    bp = s - c64
+    err = (p - bp) + (c64 - (s - bp))
+    inexact = (err != 0) & np.isfinite(s)
+    bits = np.ascontiguousarray(s).view(np.uint64)
+    sign, mag = bits & _SIGN64, bits & ~_SIGN64
+    toward_zero = inexact & (np.signbit(err) != np.signbit(s))
+    mag = (mag - toward_zero.astype(np.uint64)) | inexact.astype(np.uint64)
+    return (sign | mag).view(np.float64).astype(dt)
 
 
 def _make_div(inst: Instruction, mods: list[str]) -> Factory:
@@ -775,6 +795,9 @@ def _param_view(fr: Frame, addrs: np.ndarray, dt: np.dtype) -> np.ndarray:
 
 
 def _mem_shape(inst: Instruction, mods: list[str]) -> tuple[str | None, int, np.dtype]:
+    if any(m.endswith("::cluster") for m in mods):
+        raise Unsupported(f"instruction {inst.opcode} (cluster shared memory)")
+    mods = [m.removesuffix("::cta") for m in mods]
     space = next((m for m in mods if m in _SPACES), None)
     vec = next((int(m[1:]) for m in mods if m in ("v2", "v4", "v8")), 1)
     types = _types(mods)
@@ -1154,12 +1177,18 @@ _MAKERS: dict[str, Callable[[Instruction, list[str]], Factory]] = {
 }
 
 
+_ROUNDED = ("add", "sub", "mul", "mad", "fma", "div", "sqrt", "rcp")
+_DIRECTED = {"rz", "rm", "rp"}
+
+
 def decode(inst: Instruction) -> Factory:
     """The factory for one instruction (not bra/ret/exit: kernel.py handles control flow)."""
     parts = inst.opcode.split(".")
     maker = _MAKERS.get(parts[0])
     if maker is None:
         raise Unsupported(f"instruction {inst.opcode} (line {inst.line})")
+    if parts[0] in _ROUNDED and _DIRECTED.intersection(parts):
+        raise Unsupported(f"instruction {inst.opcode} (directed rounding) (line {inst.line})")
     try:
         factory = maker(inst, parts[1:])
     except Unsupported as e:
