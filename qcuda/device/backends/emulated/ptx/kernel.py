@@ -53,13 +53,18 @@ class Kernel:
                  memory, functions: dict[str, Function]) -> None:
         self.name = fn.name
         self.memory = memory
+        self.regs: dict[str, str] = {}
         self.output: Callable[[str], object] = _print  # where device printf goes; the backend may redirect
         self.error: CudaError | None = None
         try:
             fn = expand_calls(fn, functions)
         except CudaError as e:
             self._fail(e)
-        self.regs = dict(fn.regs)
+        for reg, t in fn.regs.items():
+            if t in DTYPES:
+                self.regs[reg] = t
+            else:
+                self._fail(Unsupported(f"registers of type .{t} ({reg})"))
         self._symbols: dict[str, int] = {}
         self.param_layout: list[tuple[int, int]] = []
         offset = 0
@@ -143,6 +148,8 @@ class Kernel:
                     factories.append(decode(inst))
                 except CudaError as e:
                     self._fail(e)
+                except (ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+                    self._fail(CudaError(Error.cudaErrorInvalidPtx, f"{inst}: malformed operands ({e})"))
             blocks.append(_Block(body, factories, kind, target, guard))
         return blocks
 
@@ -205,7 +212,12 @@ class Kernel:
     def _bind(self, frame: Frame) -> list:
         bound = []
         for blk in self._blocks:
-            runs = [f(frame) for f in blk.factories]
+            runs = []
+            for inst, f in zip(blk.insts, blk.factories):
+                try:
+                    runs.append(f(frame))
+                except (ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+                    raise CudaError(Error.cudaErrorInvalidPtx, f"{inst}: malformed operands ({e})") from None
             pred = frame.src(Reg(blk.guard[0]), DTYPES["pred"]) if blk.guard else None
             bound.append((runs, blk, pred))
         return bound

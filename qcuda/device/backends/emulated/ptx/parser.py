@@ -142,7 +142,7 @@ def type_size(t: str) -> int:
     if t == "pred":
         return 1
     try:
-        return _TYPE_SIZES[t[1:]] if t[0] in "busf" else _TYPE_SIZES[t]
+        return _TYPE_SIZES[t[1:]] if t[:1] in ("b", "u", "s", "f") else _TYPE_SIZES[t]
     except KeyError:
         raise InvalidPtx(f"unknown type .{t}") from None
 
@@ -582,4 +582,7 @@ def _product(dims: list[int]) -> int:
 
 def parse(text: str) -> ModuleAst:
     """Parse a PTX module; raises `InvalidPtx` (cudaErrorInvalidPtx) on malformed text."""
-    return _Parser(text).module()
+    try:
+        return _Parser(text).module()
+    except (ValueError, IndexError, KeyError, RecursionError) as e:  # a gap in the checks above
+        raise InvalidPtx(f"malformed PTX ({type(e).__name__}: {e})") from None
