@@ -244,3 +244,57 @@ def test_load_does_not_leak_on_error():
     with pytest.raises(CudaError):
         Module.load(ptx, memory)
     assert memory.used == 0
+
+
+class _Hang(Exception):
+    pass
+
+
+@needs_nvcc
+def test_mutated_ptx_only_ever_raises_cuda_errors(built, emu):
+    """Hostile images: load and launch randomly damaged PTX; nothing but CudaError may escape
+    (a mutation that makes a loop endless is cut off by an alarm)."""
+    import random
+    import signal
+
+    def alarm(*_):
+        raise _Hang()
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    texts = [built.ptx(name).decode() for name in ("control.cu", "matmul.cu", "intops.cu", "misc.cu", "calls.cu")]
+    buf = emu.memory.alloc(1 << 16)
+    rnd = random.Random(5)
+    words = ["%r1,", "0", "-1", "[%rd1]", "{", "}", ";", ".u8", "99999999999", "%p1", "1.5", "bra", "%tid.x,"]
+    try:
+        for _ in range(150):
+            lines = rnd.choice(texts).split("\n")
+            for _ in range(rnd.randint(1, 3)):
+                i = rnd.randrange(len(lines))
+                op = rnd.randrange(4)
+                if op == 0:
+                    del lines[i]
+                elif op == 1:
+                    lines.insert(i, lines[rnd.randrange(len(lines))])
+                elif op == 2 and lines[i].split():
+                    w = lines[i].split()
+                    w[rnd.randrange(len(w))] = rnd.choice(words)
+                    lines[i] = " ".join(w)
+                else:
+                    lines[i] = lines[i][:rnd.randrange(len(lines[i]) + 1)]
+            try:
+                mod = Module.load("\n".join(lines).encode(), emu.memory)
+            except CudaError:
+                continue
+            for k in mod.functions.values():
+                k.output = lambda text: None
+                params = np.full(k.param_size // 8 + 1, buf, np.uint64).tobytes()[:k.param_size]
+                signal.alarm(2)
+                try:
+                    k.launch((2, 1, 1), (33, 1, 1), 64, params)
+                except (CudaError, _Hang):
+                    pass
+                finally:
+                    signal.alarm(0)
+            mod.unload()
+    finally:
+        signal.signal(signal.SIGALRM, previous)
