@@ -48,8 +48,8 @@ class Malformed:
     fatal: bool = False  # the byte stream cannot be resynchronised after this
 
 
-def encode(message: Message, request_id: int = 0, flags: int = 0, status: int = 0) -> bytes:
-    """The frame for `message`."""
+def encode(message: Message, request_id: int = 0, flags: int = 0, command: int | None = None) -> bytes:
+    """The frame for `message`; a reply carries its request's `command` (needed for `Empty`)."""
     try:
         values = [getattr(message, n) for n in message._fixed]
         payload = message._struct.pack(*values)
@@ -60,7 +60,7 @@ def encode(message: Message, request_id: int = 0, flags: int = 0, status: int = 
         payload += tail.encode() if isinstance(tail, str) else bytes(tail)
     if isinstance(message, Reply):
         flags |= Flags.REPLY
-    return _frame(message.CMD, flags, status, request_id, payload)
+    return _frame(message.CMD if command is None else command, flags, 0, request_id, payload)
 
 
 def encode_error(command: int, request_id: int, status: int, detail: str = "") -> bytes:

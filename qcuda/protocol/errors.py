@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 
-from ._cuda_errors import ERRORS
+from ._cuda_tables import ERRORS
 
 Error = enum.IntEnum("Error", [(name, code) for code, name, _ in ERRORS])  # type: ignore[misc]
 Error.__doc__ = "cudaError_t: every code CUDA 13's runtime defines."

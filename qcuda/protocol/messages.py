@@ -71,6 +71,13 @@ class Kind(enum.IntEnum):
     CONTROL = 2  # an operator's CLI: status, kill
 
 
+class ModuleKind(enum.IntEnum):
+    """What a MODULE_LOAD carries."""
+
+    IMAGE = 0  # PTX, cubin or fatbin bytes
+    SOURCE = 1  # CUDA C source, compiled on the host
+
+
 @dataclass(frozen=True)
 class Message:
     """Base of all messages: `FORMAT` describes the fixed fields, `TAIL` names the tail field."""
@@ -561,6 +568,7 @@ class ControlStatusReply(Reply):
     json: str
 
 
+@_message
 @dataclass(frozen=True)
 class Empty(Reply):
     """The reply of requests that return nothing but their status."""

@@ -1,0 +1,325 @@
+"""The emulated device: a CUDA device computed on the host CPU, for machines with no GPU.
+
+Device memory is host memory with a GPU's rules (see memory.py); each stream is a thread that
+runs its queue in order, so separate streams really run concurrently; events carry real
+timestamps; kernels run on the PTX emulator (ptx/). It is a backend like the GPU one, not a mock.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from ....protocol.errors import CudaError, Error
+from ..base import (
+    EVENT_DISABLE_TIMING, MODULE_IMAGE, STREAM_NON_BLOCKING, Backend, Context, DeviceInfo, Event, Fence,
+    Function, Module, Stream,
+)
+from .memory import DeviceMemory
+
+DEFAULT_MEMORY = 4 << 30
+ARENA_DEVICE_BASE = 0x7B00_0000_0000  # where kernels see the channel arena (host-mapped memory)
+
+# An emulated device reports itself as a Hopper-class part so that programs built for sm_90 accept it.
+_ATTRIBUTES = {
+    "cudaDevAttrMaxThreadsPerBlock": 1024, "cudaDevAttrMaxBlockDimX": 1024, "cudaDevAttrMaxBlockDimY": 1024,
+    "cudaDevAttrMaxBlockDimZ": 64, "cudaDevAttrMaxGridDimX": 2**31 - 1, "cudaDevAttrMaxGridDimY": 65535,
+    "cudaDevAttrMaxGridDimZ": 65535, "cudaDevAttrMaxSharedMemoryPerBlock": 49152,
+    "cudaDevAttrTotalConstantMemory": 65536, "cudaDevAttrWarpSize": 32, "cudaDevAttrMaxPitch": 2**31 - 1,
+    "cudaDevAttrMaxRegistersPerBlock": 65536, "cudaDevAttrClockRate": 1_000_000, "cudaDevAttrTextureAlignment": 512,
+    "cudaDevAttrGpuOverlap": 1, "cudaDevAttrMultiProcessorCount": 2, "cudaDevAttrKernelExecTimeout": 0,
+    "cudaDevAttrIntegrated": 0, "cudaDevAttrCanMapHostMemory": 1, "cudaDevAttrComputeMode": 0,
+    "cudaDevAttrConcurrentKernels": 1, "cudaDevAttrEccEnabled": 0, "cudaDevAttrPciBusId": 0,
+    "cudaDevAttrPciDeviceId": 0, "cudaDevAttrMemoryClockRate": 1_000_000, "cudaDevAttrGlobalMemoryBusWidth": 64,
+    "cudaDevAttrL2CacheSize": 1 << 20, "cudaDevAttrMaxThreadsPerMultiProcessor": 2048,
+    "cudaDevAttrAsyncEngineCount": 2, "cudaDevAttrUnifiedAddressing": 1, "cudaDevAttrComputeCapabilityMajor": 9,
+    "cudaDevAttrComputeCapabilityMinor": 0, "cudaDevAttrStreamPrioritiesSupported": 1,
+    "cudaDevAttrGlobalL1CacheSupported": 1, "cudaDevAttrLocalL1CacheSupported": 1,
+    "cudaDevAttrMaxSharedMemoryPerMultiprocessor": 233472, "cudaDevAttrMaxRegistersPerMultiprocessor": 65536,
+    "cudaDevAttrManagedMemory": 0, "cudaDevAttrIsMultiGpuBoard": 0, "cudaDevAttrHostNativeAtomicSupported": 0,
+    "cudaDevAttrConcurrentManagedAccess": 0, "cudaDevAttrComputePreemptionSupported": 0,
+    "cudaDevAttrCanUseHostPointerForRegisteredMem": 0, "cudaDevAttrCooperativeLaunch": 0,
+    "cudaDevAttrMaxSharedMemoryPerBlockOptin": 232448, "cudaDevAttrMaxBlocksPerMultiprocessor": 32,
+    "cudaDevAttrMemoryPoolsSupported": 0, "cudaDevAttrHostRegisterSupported": 1,
+}
+
+
+class EmulatedBackend(Backend):
+    name = "emulated"
+
+    def __init__(self, devices: int = 1, memory: int = DEFAULT_MEMORY) -> None:
+        self._devices = devices
+        self._memory = memory
+
+    def device_count(self) -> int:
+        return self._devices
+
+    def device_info(self, ordinal: int) -> DeviceInfo:
+        self._check(ordinal)
+        uuid = (b"qcuda-emulated" + bytes([ordinal, 0]))[:16]
+        return DeviceInfo(f"qcuda emulated device {ordinal}", self._memory, dict(_ATTRIBUTES), uuid, self.name)
+
+    def open_context(self, ordinal: int) -> "EmulatedContext":
+        self._check(ordinal)
+        return EmulatedContext(self._memory)
+
+    def _check(self, ordinal: int) -> None:
+        if not 0 <= ordinal < self._devices:
+            raise CudaError(Error.cudaErrorInvalidDevice, f"device {ordinal} of {self._devices}")
+
+
+class _Done(Fence):
+    """A fence on a threading.Event set by the stream thread when its point is reached."""
+
+    def __init__(self, ctx: "EmulatedContext", flag: threading.Event) -> None:
+        self._ctx, self._flag = ctx, flag
+
+    def wait(self) -> None:
+        self._flag.wait()
+        self._ctx.raise_sticky()
+
+    def done(self) -> bool:
+        finished = self._flag.is_set()
+        if finished:
+            self._ctx.raise_sticky()
+        return finished
+
+
+class _AllDone(Fence):
+    def __init__(self, fences: list[Fence]) -> None:
+        self._fences = fences
+
+    def wait(self) -> None:
+        for f in self._fences:
+            f.wait()
+
+    def done(self) -> bool:
+        return all(f.done() for f in self._fences)
+
+
+class EmulatedEvent(Event):
+    def __init__(self, ctx: "EmulatedContext", flags: int) -> None:
+        self._ctx = ctx
+        self.flags = flags
+        self.point = threading.Event()  # the last record's completion
+        self.point.set()
+        self.recorded = False
+        self.timestamp: float | None = None
+
+    def query(self) -> bool:
+        return _Done(self._ctx, self.point).done()
+
+    def fence(self) -> Fence:
+        return _Done(self._ctx, self.point)
+
+    def elapsed_ms(self, end: Event) -> float:
+        if not isinstance(end, EmulatedEvent):
+            raise CudaError(Error.cudaErrorInvalidResourceHandle)
+        if (self.flags | end.flags) & EVENT_DISABLE_TIMING or not (self.recorded and end.recorded):
+            raise CudaError(Error.cudaErrorInvalidResourceHandle, "event was not recorded or has timing disabled")
+        if not (self.query() and end.query()):
+            raise CudaError(Error.cudaErrorNotReady)
+        assert self.timestamp is not None and end.timestamp is not None
+        return (end.timestamp - self.timestamp) * 1000.0
+
+    def destroy(self) -> None:
+        self.recorded = False
+
+
+class EmulatedStream(Stream):
+    """A thread that runs its queue in order; ordering with other streams is by explicit dependencies."""
+
+    def __init__(self, ctx: "EmulatedContext", flags: int, legacy: bool = False) -> None:
+        self._ctx = ctx
+        self.flags = flags
+        self.legacy = legacy
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.last = threading.Event()
+        self.last.set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="qcuda-emulated-stream", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, deps, done = item
+            for dep in deps:
+                dep.wait()
+            if not self._ctx.sticky:
+                try:
+                    fn()
+                except CudaError as exc:
+                    self._ctx.fault(exc)
+                except Exception as exc:  # a bug in the emulator must not hang the stream
+                    self._ctx.fault(CudaError(Error.cudaErrorLaunchFailure, f"emulator failure: {exc!r}"))
+            done.set()
+
+    def enqueue(self, fn: Callable[[], None], deps: tuple[threading.Event, ...] = ()) -> threading.Event:
+        """Queue `fn` after everything before it here, and after `deps` and the implicit ones."""
+        with self._ctx.order_lock:
+            done = threading.Event()
+            implicit = self._ctx.implicit_deps(self)
+            self._queue.put((fn, (self.last, *implicit, *deps), done))
+            self.last = done
+            return done
+
+    def copy_htod(self, dst: int, src: memoryview) -> None:
+        target = self._ctx.memory.view(dst, len(src))
+        data = np.frombuffer(src, dtype=np.uint8)
+        self.enqueue(lambda: np.copyto(target, data))
+
+    def copy_dtoh(self, dst: memoryview, src: int) -> None:
+        source = self._ctx.memory.view(src, len(dst))
+        target = np.frombuffer(dst, dtype=np.uint8)
+        self.enqueue(lambda: np.copyto(target, source))
+
+    def copy_dtod(self, dst: int, src: int, size: int) -> None:
+        target, source = self._ctx.memory.view(dst, size), self._ctx.memory.view(src, size)
+        self.enqueue(lambda: np.copyto(target, source))
+
+    def memset(self, ptr: int, value: int, element_size: int, count: int) -> None:
+        dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32}.get(element_size)
+        if dtype is None:
+            raise CudaError(Error.cudaErrorInvalidValue, f"memset element size {element_size}")
+        view = self._ctx.memory.view(ptr, element_size * count)
+        if ptr % element_size:
+            raise CudaError(Error.cudaErrorInvalidValue, "misaligned memset destination")
+        target = view.view(dtype)
+        fill = dtype(value & ((1 << (8 * element_size)) - 1))
+        self.enqueue(lambda: target.fill(fill))
+
+    def launch(self, function: Function, grid, block, shared_bytes: int, params: bytes) -> None:
+        kernel = getattr(function, "kernel", None)
+        if kernel is None:
+            raise CudaError(Error.cudaErrorInvalidResourceHandle, "not a function of this device")
+        self.enqueue(lambda: kernel.launch(tuple(grid), tuple(block), shared_bytes, params))
+
+    def record(self, event: Event) -> None:
+        assert isinstance(event, EmulatedEvent)
+
+        def stamp() -> None:
+            event.timestamp = time.perf_counter()
+
+        event.recorded = True
+        event.point = self.enqueue(stamp)
+
+    def wait_event(self, event: Event) -> None:
+        assert isinstance(event, EmulatedEvent)
+        self.enqueue(lambda: None, (event.point,))
+
+    def fence(self) -> Fence:
+        return _Done(self._ctx, self.last)
+
+    def destroy(self) -> None:
+        self._ctx.forget(self)
+        self._queue.put(None)
+
+
+class EmulatedFunction(Function):
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+        self.name = kernel.name
+        self.param_layout = list(kernel.param_layout)
+
+
+class EmulatedModule(Module):
+    def __init__(self, module) -> None:
+        self._module = module
+
+    def function(self, name: str) -> Function:
+        kernel = self._module.functions.get(name)
+        if kernel is None:
+            raise CudaError(Error.cudaErrorSymbolNotFound, f"no kernel named {name!r} in the module")
+        return EmulatedFunction(kernel)
+
+    def global_symbol(self, name: str) -> tuple[int, int]:
+        return self._module.global_symbol(name)
+
+    def unload(self) -> None:
+        self._module.unload()
+
+
+class EmulatedContext(Context):
+    def __init__(self, capacity: int) -> None:
+        self.memory = DeviceMemory(capacity)
+        self.sticky = 0
+        self._sticky_detail = ""
+        self.order_lock = threading.Lock()
+        self._streams: list[EmulatedStream] = []
+        self.default_stream = EmulatedStream(self, 0, legacy=True)
+
+    # -- errors ---------------------------------------------------------------------------
+    def fault(self, exc: CudaError) -> None:
+        """A kernel fault breaks the context for good, as on a GPU."""
+        if not self.sticky:
+            self.sticky, self._sticky_detail = exc.code, exc.detail
+
+    def raise_sticky(self) -> None:
+        if self.sticky:
+            raise CudaError(self.sticky, self._sticky_detail)
+
+    def sticky_error(self) -> int:
+        return self.sticky
+
+    # -- legacy default stream ordering ------------------------------------------------------
+    def implicit_deps(self, stream: EmulatedStream) -> tuple[threading.Event, ...]:
+        """The legacy stream waits for all blocking streams, and they wait for it (CUDA's rule)."""
+        if stream.legacy:
+            return tuple(s.last for s in self._streams if not s.flags & STREAM_NON_BLOCKING)
+        if stream.flags & STREAM_NON_BLOCKING:
+            return ()
+        return (self.default_stream.last,)
+
+    def forget(self, stream: EmulatedStream) -> None:
+        with self.order_lock:
+            if stream in self._streams:
+                self._streams.remove(stream)
+
+    # -- Context ---------------------------------------------------------------------------
+    def alloc(self, size: int) -> int:
+        return self.memory.alloc(size)
+
+    def free(self, ptr: int) -> None:
+        self.synchronize_fence().wait()
+        self.memory.free(ptr)
+
+    def mem_info(self) -> tuple[int, int]:
+        return self.memory.capacity - self.memory.used, self.memory.capacity
+
+    def map_host(self, buffer) -> int:
+        self.memory.map_host(buffer, ARENA_DEVICE_BASE)
+        return ARENA_DEVICE_BASE
+
+    def create_stream(self, flags: int, priority: int) -> Stream:
+        stream = EmulatedStream(self, flags)
+        with self.order_lock:
+            self._streams.append(stream)
+        return stream
+
+    def create_event(self, flags: int) -> Event:
+        return EmulatedEvent(self, flags)
+
+    def load_module(self, image: bytes, kind: int) -> tuple[Module, str]:
+        if kind != MODULE_IMAGE:
+            raise CudaError(
+                Error.cudaErrorNotSupported,
+                "the emulated device has no CUDA C compiler: send PTX or a fatbin built by nvcc",
+            )
+        from .ptx import Module as PtxModule
+
+        return EmulatedModule(PtxModule.load(image, self.memory)), ""
+
+    def synchronize_fence(self) -> Fence:
+        with self.order_lock:
+            streams = [self.default_stream, *self._streams]
+        return _AllDone([s.fence() for s in streams])
+
+    def close(self) -> None:
+        for stream in [self.default_stream, *self._streams]:
+            stream.destroy()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ....protocol.errors import CudaError, Error
+from ....protocol.ranges import RangeAllocator
 
 MAP_NORESERVE = 0x4000  # Linux; Python 3.11's mmap module does not export it
 ALIGNMENT = 256  # cudaMalloc's guaranteed alignment
@@ -48,30 +49,27 @@ class DeviceMemory:
         self._lock = threading.Lock()
         self._starts: list[int] = []  # sorted allocation starts (device addresses)
         self._sizes: dict[int, int] = {}  # start -> size
-        self._free: list[tuple[int, int]] = [(0, capacity)]  # (offset, size), sorted by offset
+        self._ranges = RangeAllocator(capacity, ALIGNMENT)
         self._arr_starts = np.zeros(0, dtype=np.uint64)
         self._arr_ends = np.zeros(0, dtype=np.uint64)
-        self.used = 0
+
+    @property
+    def used(self) -> int:
+        return self._ranges.used
 
     # -- allocation -------------------------------------------------------------------------
     def alloc(self, size: int) -> int:
         """Reserve `size` bytes (first fit); raises cudaErrorMemoryAllocation when full."""
         if size < 0:
             raise CudaError(Error.cudaErrorInvalidValue, "negative allocation size")
-        rounded = max(ALIGNMENT, -(-size // ALIGNMENT) * ALIGNMENT)
         with self._lock:
-            for i, (off, avail) in enumerate(self._free):
-                if avail >= rounded:
-                    if avail == rounded:
-                        del self._free[i]
-                    else:
-                        self._free[i] = (off + rounded, avail - rounded)
-                    addr = self._heap.base + off
-                    bisect.insort(self._starts, addr)
-                    self._sizes[addr] = size
-                    self.used += rounded
-                    self._reindex()
-                    return addr
+            off = self._ranges.alloc(size)
+            if off is not None:
+                addr = self._heap.base + off
+                bisect.insort(self._starts, addr)
+                self._sizes[addr] = size
+                self._reindex()
+                return addr
         raise CudaError(Error.cudaErrorMemoryAllocation, f"{size} bytes requested, {self.capacity - self.used} free")
 
     def free(self, addr: int) -> None:
@@ -81,26 +79,13 @@ class DeviceMemory:
             if size is None:
                 raise CudaError(Error.cudaErrorInvalidValue, f"0x{addr:x} is not an allocation of this context")
             self._starts.remove(addr)
-            rounded = max(ALIGNMENT, -(-size // ALIGNMENT) * ALIGNMENT)
             off = addr - self._heap.base
-            self._release_pages(off, rounded)
-            self._insert_free(off, rounded)
-            self.used -= rounded
+            self._release_pages(off, self._ranges.free(off) or 0)
             self._reindex()
 
     def allocation_size(self, addr: int) -> int | None:
         """The requested size of the allocation starting at `addr`, if there is one."""
         return self._sizes.get(addr)
-
-    def _insert_free(self, off: int, size: int) -> None:
-        i = bisect.bisect(self._free, (off, size))
-        self._free.insert(i, (off, size))
-        if i + 1 < len(self._free) and off + size == self._free[i + 1][0]:
-            self._free[i] = (off, size + self._free[i + 1][1])
-            del self._free[i + 1]
-        if i > 0 and self._free[i - 1][0] + self._free[i - 1][1] == off:
-            self._free[i - 1] = (self._free[i - 1][0], self._free[i - 1][1] + self._free[i][1])
-            del self._free[i]
 
     def _release_pages(self, off: int, size: int) -> None:
         page = mmap.PAGESIZE

@@ -1,0 +1,176 @@
+"""The one interface every backend implements: the GPU (cuda.bindings) and the emulated device.
+
+Backends know nothing of channels, sessions or guests. Every method raises `CudaError` on
+failure. Work on a stream is asynchronous: methods enqueue and return; `fence()` gives
+something to wait on, so the session can answer a synchronous call without blocking its loop.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from ...protocol._cuda_tables import DEVICE_ATTRIBUTES
+from ...protocol.messages import ModuleKind
+
+ATTRIBUTE_NAMES: dict[int, str] = {code: name for code, name in DEVICE_ATTRIBUTES}
+
+STREAM_NON_BLOCKING = 0x1  # cudaStreamNonBlocking
+EVENT_BLOCKING_SYNC = 0x1  # cudaEventBlockingSync
+EVENT_DISABLE_TIMING = 0x2  # cudaEventDisableTiming
+
+MODULE_IMAGE, MODULE_SOURCE = ModuleKind.IMAGE, ModuleKind.SOURCE
+
+
+@dataclass
+class DeviceInfo:
+    """What `cudaGetDeviceProperties` needs: a name, sizes, and every cudaDeviceAttr by name."""
+
+    name: str
+    total_memory: int
+    attributes: dict[str, int] = field(default_factory=dict)
+    uuid: bytes = bytes(16)
+    backend: str = ""
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "total_memory": self.total_memory,
+            "attributes": self.attributes,
+            "uuid": self.uuid.hex(),
+            "backend": self.backend,
+        }
+
+
+class Fence(ABC):
+    """A point in a stream: done once everything enqueued before it has run."""
+
+    @abstractmethod
+    def wait(self) -> None:
+        """Block until done; raises the CudaError the work hit, if any."""
+
+    @abstractmethod
+    def done(self) -> bool:
+        """Non-blocking check (raises like `wait` once done with an error)."""
+
+
+class Event(ABC):
+    @abstractmethod
+    def query(self) -> bool: ...
+
+    @abstractmethod
+    def fence(self) -> Fence:
+        """What `cudaEventSynchronize` waits for: the event's last recorded point."""
+
+    @abstractmethod
+    def elapsed_ms(self, end: "Event") -> float: ...
+
+    @abstractmethod
+    def destroy(self) -> None: ...
+
+
+class Function(ABC):
+    name: str
+    param_layout: list[tuple[int, int]]  # (offset, size) per parameter
+
+
+class Module(ABC):
+    @abstractmethod
+    def function(self, name: str) -> Function: ...
+
+    @abstractmethod
+    def global_symbol(self, name: str) -> tuple[int, int]:
+        """(device address, size) of a module-scope __device__/__constant__ variable."""
+
+    @abstractmethod
+    def unload(self) -> None: ...
+
+
+class Stream(ABC):
+    """An ordered queue of device work."""
+
+    @abstractmethod
+    def copy_htod(self, dst: int, src: memoryview) -> None:
+        """Copy host bytes to device address `dst`. `src` must stay valid until the work runs."""
+
+    @abstractmethod
+    def copy_dtoh(self, dst: memoryview, src: int) -> None: ...
+
+    @abstractmethod
+    def copy_dtod(self, dst: int, src: int, size: int) -> None: ...
+
+    @abstractmethod
+    def memset(self, ptr: int, value: int, element_size: int, count: int) -> None: ...
+
+    @abstractmethod
+    def launch(self, function: Function, grid: tuple[int, int, int], block: tuple[int, int, int],
+               shared_bytes: int, params: bytes) -> None: ...
+
+    @abstractmethod
+    def record(self, event: Event) -> None: ...
+
+    @abstractmethod
+    def wait_event(self, event: Event) -> None: ...
+
+    @abstractmethod
+    def fence(self) -> Fence: ...
+
+    @abstractmethod
+    def destroy(self) -> None:
+        """Release the stream once its pending work has run (as cudaStreamDestroy)."""
+
+
+class Context(ABC):
+    """One session's state on one device: its memory, streams, events and modules."""
+
+    default_stream: Stream  # the legacy default stream (handle 0 for guests)
+
+    @abstractmethod
+    def alloc(self, size: int) -> int: ...
+
+    @abstractmethod
+    def free(self, ptr: int) -> None: ...
+
+    @abstractmethod
+    def mem_info(self) -> tuple[int, int]:
+        """(free, total) bytes."""
+
+    @abstractmethod
+    def map_host(self, buffer) -> int:
+        """Register host memory (the channel arena) for DMA and for kernels; its device address."""
+
+    @abstractmethod
+    def create_stream(self, flags: int, priority: int) -> Stream: ...
+
+    @abstractmethod
+    def create_event(self, flags: int) -> Event: ...
+
+    @abstractmethod
+    def load_module(self, image: bytes, kind: int) -> tuple[Module, str]:
+        """Load a module; also returns the compile or link log, if any."""
+
+    @abstractmethod
+    def synchronize_fence(self) -> Fence:
+        """A fence over every stream of the context (cudaDeviceSynchronize)."""
+
+    @abstractmethod
+    def sticky_error(self) -> int:
+        """A non-zero cudaError_t once the context is broken (an illegal address in a kernel)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free everything the context holds."""
+
+
+class Backend(ABC):
+    """A kind of device. Created once per worker process (after fork: CUDA may start here)."""
+
+    name: str
+
+    @abstractmethod
+    def device_count(self) -> int: ...
+
+    @abstractmethod
+    def device_info(self, ordinal: int) -> DeviceInfo: ...
+
+    @abstractmethod
+    def open_context(self, ordinal: int) -> Context: ...

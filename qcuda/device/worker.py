@@ -1,0 +1,124 @@
+"""A guest's worker process: one session, one CUDA context per device, one guest.
+
+Forked by the daemon per guest, so a faulting kernel or a sticky CUDA error ends only this
+guest's work. The worker owns the guest's socket: EOF on it means the guest is gone, and the
+worker frees everything and exits.
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import time
+from typing import Callable
+
+from ..protocol import messages as m
+from ..protocol.codec import VERSION, Frame, Malformed, decode, encode, encode_error
+from ..protocol.errors import CudaError, Error, RemoteProtocolError
+from .backends.base import Backend
+from .session import Session
+from .shm import HostChannel, map_region
+
+STATS = struct.Struct("<QQQQ")  # memory in use, calls, allocations, state (1 = serving)
+EOF_CHECK_SECONDS = 0.02
+
+
+def publish(stats_buf, session: Session | None, serving: bool) -> None:
+    """Write this session's figures where the daemon reads them for `qcuda status`."""
+    s = session.stats if session is not None else None
+    STATS.pack_into(stats_buf, 0, s.memory if s else 0, s.calls if s else 0, s.allocations if s else 0, int(serving))
+
+
+def run_shm_guest(
+    conn: socket.socket, hello: Frame, fds: list[int], make_backend: Callable[[], Backend], session_id: int,
+    stats_buf,
+) -> None:
+    """Serve one guest on an shm channel until it leaves; never raises."""
+    channel = None
+    session = None
+    try:
+        region, geometry = map_region(fds[0])
+        channel = HostChannel(region, geometry, fds[1], fds[2])
+        backend = make_backend()
+        session = Session(backend, channel.arena, channel.post)
+        conn.sendall(encode(m.HelloReply(VERSION, 0, session_id, backend.device_count()), hello.request_id))
+    except (RemoteProtocolError, OSError, CudaError) as exc:
+        code = exc.code if isinstance(exc, CudaError) else Error.cudaErrorInvalidValue
+        _refuse(conn, hello, code, str(exc))
+        return
+    publish(stats_buf, session, True)
+    try:
+        _loop(conn, channel, session, stats_buf)
+    finally:
+        channel.closed = True
+        session.close()
+        publish(stats_buf, session, False)
+
+
+def _loop(conn: socket.socket, channel: HostChannel, session: Session, stats_buf) -> None:
+    conn.setblocking(False)
+    idle_since = time.perf_counter()
+    last_eof_check = 0.0
+    while True:
+        try:
+            data = channel.receive()
+        except RemoteProtocolError as exc:
+            _say(f"session {session.stats}: guest corrupted its channel ({exc}); ending the session")
+            return
+        now = time.perf_counter()
+        if data is not None:
+            _dispatch(data, channel, session)
+            idle_since = now
+            if now - last_eof_check > EOF_CHECK_SECONDS:
+                last_eof_check = now
+                publish(stats_buf, session, True)
+                if _guest_gone(conn):
+                    return
+            continue
+        publish(stats_buf, session, True)
+        if not channel.wait(conn.fileno(), idle_since) and _guest_gone(conn):
+            return
+
+
+def _dispatch(data: bytes, channel: HostChannel, session: Session) -> None:
+    frame = decode(data)
+    if isinstance(frame, Malformed):
+        if frame.request_id is not None:
+            channel.post(encode_error(frame.command or 0, frame.request_id, Error.cudaErrorInvalidValue,
+                                      f"malformed request: {frame.reason}"))
+        else:
+            channel.post(encode(m.DeferredError(0, Error.cudaErrorInvalidValue, f"malformed request: {frame.reason}"),
+                                flags=m.Flags.HOST_MESSAGE))
+        return
+    if frame.is_reply:
+        channel.post(encode_error(frame.command, frame.request_id, Error.cudaErrorInvalidValue, "a guest sent a reply"))
+        return
+    if isinstance(frame.message, m.Goodbye):
+        channel.post(encode(m.Empty(), frame.request_id, command=frame.command))
+        return
+    session.handle(frame)
+
+
+def _guest_gone(conn: socket.socket) -> bool:
+    """EOF on the guest's socket: the guest process has exited or closed its channel."""
+    try:
+        ready, _, _ = select.select([conn], [], [], 0)
+        if not ready:
+            return False
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+def _refuse(conn: socket.socket, hello: Frame, code: int, why: str) -> None:
+    try:
+        conn.sendall(encode_error(m.Cmd.HELLO, hello.request_id, code, why))
+    except OSError:
+        pass
+
+
+def _say(line: str) -> None:
+    os.write(2, f"qcuda worker {os.getpid()}: {line}\n".encode())

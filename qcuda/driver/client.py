@@ -1,0 +1,241 @@
+"""The guest's front-end: numbered requests, their answers, host messages, and data movement.
+
+One receiver thread reads everything the daemon sends; callers wait on their own request's
+answer, so several host threads can have calls in flight at once and no lock is held while
+waiting. Errors of asynchronous requests arrive as DEFERRED_ERROR and are raised by the next
+call that synchronises, as CUDA reports them.
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import sys
+import threading
+
+import numpy as np
+
+from ..protocol import messages as m
+from ..protocol.codec import VERSION, Frame, Malformed, decode, encode
+from ..protocol.errors import CudaError, Error, VersionMismatch
+from ..protocol.messages import Flags
+from ..protocol.urls import DeviceUrl
+from .shm import DEFAULT_ARENA, ChannelClosed, ShmChannel
+
+STAGING_CHUNK = 16 << 20
+
+
+class Pending:
+    """An answer still to come."""
+
+    __slots__ = ("_done", "frame", "indirect")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.frame: Frame | CudaError | None = None
+        self.indirect: int | None = None
+
+    def resolve(self, frame: Frame | CudaError) -> None:
+        self.frame = frame
+        self._done.set()
+
+    def result(self) -> m.Message:
+        """The reply message; raises CudaError if the request failed."""
+        self._done.wait()
+        frame = self.frame
+        if isinstance(frame, CudaError):
+            raise frame
+        assert frame is not None
+        if frame.status:
+            raise CudaError(frame.status, frame.detail)
+        assert frame.message is not None
+        return frame.message
+
+
+class Client:
+    """One connection to one daemon."""
+
+    def __init__(self, url: DeviceUrl, arena_size: int | None = None) -> None:
+        self.url = url
+        if url.scheme != "shm":
+            raise CudaError(Error.cudaErrorNotSupported, f"{url}: only shm:// channels are available in this build")
+        size = arena_size if arena_size is not None else _arena_size_from_env()
+        self.channel = ShmChannel(url, size)
+        hello = self.channel.connect(m.Hello(VERSION, m.Kind.GUEST, 0))
+        if hello.status:
+            self.channel.close()
+            raise CudaError(hello.status, f"{url} refused this guest: {hello.detail}")
+        if not isinstance(hello.message, m.HelloReply):
+            raise CudaError(Error.cudaErrorDevicesUnavailable, f"{url} answered hello with {hello.message}")
+        if hello.message.version != VERSION:
+            raise CudaError(Error.cudaErrorInvalidValue, str(VersionMismatch(VERSION, hello.message.version)))
+        self.session = hello.message.session
+        self.device_count = hello.message.device_count
+        self._ids = itertools.count(2)
+        self._pending: dict[int, Pending] = {}
+        self._lock = threading.Lock()
+        self.deferred: list[CudaError] = []
+        self.broken: CudaError | None = None
+        self._arena_address = ctypes.addressof(ctypes.c_char.from_buffer(self.channel.region)) + \
+            self.channel.geometry.arena_offset
+        self._receiver = threading.Thread(target=self._receive_loop, name="qcuda-receiver", daemon=True)
+        self._receiver.start()
+
+    # -- requests ---------------------------------------------------------------------------
+    def submit(self, msg: m.Message) -> Pending:
+        """Send a request whose answer the caller will wait for."""
+        pending = Pending()
+        with self._lock:
+            if self.broken is not None:
+                raise self.broken
+            rid = next(self._ids)
+            self._pending[rid] = pending
+        try:
+            pending.indirect = self.channel.send(encode(msg, rid))
+        except ChannelClosed:
+            self._lose_daemon()
+            raise self.broken from None
+        return pending
+
+    def call(self, msg: m.Message) -> m.Message:
+        """Send a request and wait for its answer."""
+        return self.submit(msg).result()
+
+    def post(self, msg: m.Message) -> None:
+        """Send an asynchronous request: no answer unless it fails (then at the next synchronisation)."""
+        with self._lock:
+            if self.broken is not None:
+                raise self.broken
+            rid = next(self._ids)
+        try:
+            self.channel.send(encode(msg, rid, Flags.NO_REPLY))
+        except ChannelClosed:
+            self._lose_daemon()
+            raise self.broken from None
+
+    def raise_deferred(self) -> None:
+        """Raise the oldest error of an earlier asynchronous request, once."""
+        with self._lock:
+            if self.deferred:
+                raise self.deferred.pop(0)
+
+    # -- the receiver thread ---------------------------------------------------------------
+    def _receive_loop(self) -> None:
+        while True:
+            try:
+                data = self.channel.receive()
+            except ChannelClosed:
+                self._lose_daemon()
+                return
+            frame = decode(data)
+            if isinstance(frame, Malformed):
+                print(f"qcuda: ignored a malformed message from {self.url}: {frame.reason}", file=sys.stderr)
+                continue
+            if frame.is_reply:
+                with self._lock:
+                    pending = self._pending.pop(frame.request_id, None)
+                if pending is not None:
+                    if pending.indirect is not None:
+                        self.channel.arena_free(pending.indirect)
+                    pending.resolve(frame)
+            else:
+                self._host_message(frame.message)
+
+    def _host_message(self, msg: m.Message | None) -> None:
+        if isinstance(msg, m.DeferredError):
+            with self._lock:
+                self.deferred.append(CudaError(msg.code, msg.detail))
+        elif isinstance(msg, m.Printf):
+            sys.stdout.buffer.write(msg.text)
+            sys.stdout.flush()
+
+    def _lose_daemon(self) -> None:
+        error = CudaError(Error.cudaErrorDevicesUnavailable, f"the qcuda daemon at {self.url} went away")
+        with self._lock:
+            self.broken = self.broken or error
+            pending, self._pending = self._pending, {}
+        for p in pending.values():
+            p.resolve(self.broken)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # -- arena and data movement -------------------------------------------------------------
+    def arena_offset(self, view: memoryview) -> int | None:
+        """The arena offset of `view` if it lies in this channel's arena (zero-copy), else None."""
+        if len(view) == 0:
+            return None
+        address = np.frombuffer(view, dtype=np.uint8).ctypes.data
+        offset = address - self._arena_address
+        if 0 <= offset and offset + len(view) <= len(self.channel.arena):
+            return offset
+        return None
+
+    def copy_htod(self, dst: int, src: memoryview, stream: int, asynchronous: bool = False) -> None:
+        """Host -> device: straight from the arena when `src` lives there, else staged in chunks, pipelined."""
+        src = src.cast("B")
+        offset = self.arena_offset(src)
+        if offset is not None or len(src) == 0:
+            msg = m.MemcpyHtoD(dst, offset or 0, len(src), stream)
+            self.post(msg) if asynchronous else self.call(msg)
+            return
+        self._staged(len(src), lambda off, pos, n: self.channel.arena.__setitem__(slice(off, off + n), src[pos:pos + n]),
+                     lambda off, pos, n: m.MemcpyHtoD(dst + pos, off, n, stream), None)
+
+    def copy_dtoh(self, dst: memoryview, src: int, stream: int, asynchronous: bool = False) -> None:
+        """Device -> host: straight into the arena when `dst` lives there, else staged in chunks."""
+        dst = dst.cast("B")
+        offset = self.arena_offset(dst)
+        if offset is not None or len(dst) == 0:
+            msg = m.MemcpyDtoH(offset or 0, src, len(dst), stream)
+            self.post(msg) if asynchronous else self.call(msg)
+            return
+        self._staged(len(dst), None, lambda off, pos, n: m.MemcpyDtoH(off, src + pos, n, stream),
+                     lambda off, pos, n: dst.__setitem__(slice(pos, pos + n), self.channel.arena[off:off + n]))
+
+    def _staged(self, total: int, fill, request, drain) -> None:
+        """Move `total` bytes through two arena chunks: one is copied by the device while the other is filled."""
+        chunk = min(STAGING_CHUNK, max(4096, self.channel.arena_largest_free() // 2 // 4096 * 4096), total)
+        buffers = [self.channel.arena_alloc(chunk)]
+        if total > chunk:
+            buffers.append(self.channel.arena_alloc(chunk))
+        in_flight: list[tuple[Pending, int, int, int]] = []
+        try:
+            pos = 0
+            turn = 0
+            while pos < total or in_flight:
+                if pos < total and len(in_flight) < len(buffers):
+                    n = min(chunk, total - pos)
+                    off = buffers[turn % len(buffers)]
+                    if fill is not None:
+                        fill(off, pos, n)
+                    in_flight.append((self.submit(request(off, pos, n)), off, pos, n))
+                    pos += n
+                    turn += 1
+                    continue
+                pending, off, at, n = in_flight.pop(0)
+                pending.result()
+                if drain is not None:
+                    drain(off, at, n)
+        finally:
+            for p, *_ in in_flight:
+                try:
+                    p.result()
+                except CudaError:
+                    pass
+            for off in buffers:
+                self.channel.arena_free(off)
+
+
+def _arena_size_from_env() -> int:
+    text = os.environ.get("QCUDA_ARENA", "")
+    if not text:
+        return DEFAULT_ARENA
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    scale = units.get(text[-1].upper(), 1)
+    digits = text[:-1] if text[-1].upper() in units else text
+    try:
+        size = int(digits) * scale
+    except ValueError:
+        raise CudaError(Error.cudaErrorInvalidValue, f"QCUDA_ARENA={text!r}: write a size such as 256M") from None
+    return max(1 << 20, size // 4096 * 4096)
