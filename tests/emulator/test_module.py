@@ -298,3 +298,47 @@ def test_mutated_ptx_only_ever_raises_cuda_errors(built, emu):
             mod.unload()
     finally:
         signal.signal(signal.SIGALRM, previous)
+
+
+@needs_nvcc
+def test_contended_and_shared_atomics(built, emu):
+    mod = emu.load(built.ptx("misc.cu"))
+    n, block = 50_000, 256
+    blocks = (n + block - 1) // block
+    x = rng.integers(-10**6, 10**6, n, dtype=np.int32)
+    fsum, imax = np.zeros(1, np.float32), np.full(1, -2**31, np.int32)
+    last, cas_wins = np.full(1, -1, np.int32), np.zeros(1, np.int32)
+    olds, hist = np.zeros(2 * n, np.int32), np.zeros(blocks * 8, np.uint32)
+    emu.run(mod, "atomics_mix", blocks, block, x, fsum, imax, last, cas_wins, olds, hist, np.int32(n))
+    assert fsum[0] == (x & 7).sum()  # small integers: exact in any order
+    assert imax[0] == x.max()
+    # the emulator applies one batch's lanes in thread order: atomicMax returns the running max
+    np.testing.assert_array_equal(olds[:n], np.maximum.accumulate(np.r_[np.int32(-2**31), x[:-1]]))
+    assert 0 <= last[0] < n
+    assert olds[n:].sum() == 1 and cas_wins[0] == np.flatnonzero(olds[n:])[0] + 1
+    expect = np.stack([np.bincount(x[b * block:(b + 1) * block] & 7, minlength=8) for b in range(blocks)])
+    np.testing.assert_array_equal(hist.reshape(blocks, 8), expect)
+
+
+def test_atomic_scans_match_a_serial_loop():
+    from qcuda.device.backends.emulated.ptx.ops import _cas_update, _scan_update
+
+    r = np.random.default_rng(3)
+    counts = np.array([1, 5, 2, 40, 3])
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    rank = np.arange(counts.sum()) - np.repeat(starts, counts)
+    current = r.integers(-5, 5, counts.size).astype(np.int32)
+    for op, fn in [("add", lambda a, b: a + b), ("max", max), ("min", min), ("xor", lambda a, b: a ^ b),
+                   ("exch", lambda a, b: b)]:
+        values = r.integers(-9, 9, counts.sum()).astype(np.int32)
+        old, final = _scan_update(op, current, values, starts, counts, rank)
+        for g, (s, c) in enumerate(zip(starts, counts)):
+            cur = int(current[g])
+            for lane in range(s, s + c):
+                assert old[lane] == cur, (op, g, lane)
+                cur = fn(cur, int(values[lane]))
+            assert final[g] == cur
+    compare = np.array([0, 1, 5, 2, 7, 7, 7])
+    swap = np.array([1, 2, 9, 3, 8, 6, 5])
+    old, final = _cas_update(np.array([0, 7]), compare, swap, np.array([0, 4]), np.array([4, 3]))
+    assert list(old) == [0, 1, 2, 2, 7, 8, 8] and list(final) == [3, 8]

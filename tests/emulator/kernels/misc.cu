@@ -67,3 +67,22 @@ extern "C" __global__ void generic_pointers(const int* in, int* out, int which) 
 __device__ int gvals[3] = {7, 8, 9};
 __device__ int* gptr = &gvals[1];
 extern "C" __global__ void follow_pointer(int* out) { out[threadIdx.x] = gptr[(int)threadIdx.x - 1]; }
+
+// Atomics on one contended address, in shared memory per block, and the other operations.
+extern "C" __global__ void atomics_mix(const int* in, float* fsum, int* imax, int* last, int* cas_wins,
+                                       int* olds, unsigned* block_hist, int n) {
+    __shared__ unsigned hist[8];
+    int t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+    if (t < 8) hist[t] = 0;
+    __syncthreads();
+    if (i < n) {
+        int v = in[i];
+        atomicAdd(fsum, (float)(v & 7));
+        olds[i] = atomicMax(imax, v);
+        atomicExch(last, i);
+        if (atomicCAS(cas_wins, 0, i + 1) == 0) olds[n + i] = 1;
+        atomicAdd(&hist[v & 7], 1u);
+    }
+    __syncthreads();
+    if (t < 8) block_hist[blockIdx.x * 8 + t] = hist[t];
+}

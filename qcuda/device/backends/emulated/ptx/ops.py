@@ -153,7 +153,7 @@ def _as_u64(x):
 
 
 # -- instruction makers ---------------------------------------------------------------------------
-def _arith(uf_int: np.ufunc, uf_float: np.ufunc | None = None):
+def _arith(uf: np.ufunc):
     def make(inst: Instruction, mods: list[str]) -> Factory:
         dt = _one_type(inst, mods)
         _operands(inst, 3)
@@ -162,13 +162,10 @@ def _arith(uf_int: np.ufunc, uf_float: np.ufunc | None = None):
         if "sat" in mods and dt.kind != "f":
             lo, hi = np.iinfo(dt).min, np.iinfo(dt).max
             wide = np.dtype(np.int64)
-            return _elementwise(inst, dt, lambda a, b: np.clip(uf_int(np.asarray(a, wide), np.asarray(b, wide)), lo, hi))
-        if dt.kind == "f":
-            uf = uf_float or uf_int
-            if "sat" in mods:
-                return _elementwise(inst, dt, lambda a, b: np.clip(np.nan_to_num(uf(a, b), nan=0.0), 0, 1).astype(dt))
-            return _ufunc(inst, dt, uf)
-        return _ufunc(inst, dt, uf_int)
+            return _elementwise(inst, dt, lambda a, b: np.clip(uf(np.asarray(a, wide), np.asarray(b, wide)), lo, hi))
+        if "sat" in mods:
+            return _elementwise(inst, dt, lambda a, b: np.clip(np.nan_to_num(uf(a, b), nan=0.0), 0, 1).astype(dt))
+        return _ufunc(inst, dt, uf)
     return make
 
 
@@ -261,16 +258,21 @@ def _make_minmax(int_uf: np.ufunc, float_uf: np.ufunc):
     def make(inst: Instruction, mods: list[str]) -> Factory:
         dt = _one_type(inst, mods)
         _operands(inst, 3)
-        return _ufunc(inst, dt, float_uf if dt.kind == "f" else int_uf)
+        uf = float_uf if dt.kind == "f" else int_uf
+        if "relu" in mods:  # negative results (and NaN) become 0
+            zero = dt.type(0)
+            return _elementwise(inst, dt, lambda a, b: np.fmax(uf(a, b), zero) if dt.kind == "f"
+                                else np.maximum(uf(a, b), zero))
+        if "NaN" in mods:
+            return _ufunc(inst, dt, np.minimum if uf is np.fmin else np.maximum)
+        return _ufunc(inst, dt, uf)
     return make
 
 
-def _make_unary(uf: np.ufunc, float_only: bool = False):
+def _make_unary(uf: np.ufunc):
     def make(inst: Instruction, mods: list[str]) -> Factory:
         dt = _one_type(inst, mods)
         _operands(inst, 2)
-        if float_only and dt.kind != "f":
-            raise Unsupported(f"instruction {inst.opcode}")
         return _ufunc(inst, dt, uf)
     return make
 
@@ -876,22 +878,28 @@ def _make_st(inst: Instruction, mods: list[str]) -> Factory:
 
 
 def _make_atom(inst: Instruction, mods: list[str]) -> Factory:
-    """atom/red: threads of one instruction are serialised in thread order, like some real order."""
-    space = next((m for m in mods if m in _SPACES), None)
+    """atom/red: the lanes of one instruction take effect one after another in thread order.
+
+    Lanes are grouped by memory location (shared and local addresses are per block / thread).
+    Associative operations get their old values from a segmented scan in log2(lanes per
+    location) steps, and CAS from one step per successful swap, so contention on one address
+    costs no per-lane loop; only inc/dec run one round per lane of the busiest location. Float
+    add is scanned in float64 in a tree order: with several lanes on one address the old values
+    and the sum may differ from a serial float32 order in the last bits.
+    """
+    space = next((m.removesuffix("::cta") for m in mods if m.removesuffix("::cta") in _SPACES), None)
     op = next((m for m in mods if m in _ATOM_OPS), None)
     types = _types(mods)
-    if op is None or len(types) != 1 or "v2" in mods or "v4" in mods:
+    if op is None or len(types) != 1 or "v2" in mods or "v4" in mods or any(m.endswith("::cluster") for m in mods):
         raise Unsupported(f"instruction {inst.opcode}")
     dt = types[0]
-    is_red = inst.opcode.startswith("red")
     ops = inst.operands
-    if is_red:
+    if inst.opcode.startswith("red"):
         d, (a, *srcs) = None, ops
     else:
         d, a, *srcs = ops
     if not isinstance(a, Addr) or len(srcs) != (2 if op == "cas" else 1):
         raise CudaError(Error.cudaErrorInvalidPtx, f"{inst}: bad operands")
-    combine = _ATOM_OPS[op]
 
     def factory(fr: Frame) -> Run:
         ga = fr.address(a)
@@ -903,22 +911,106 @@ def _make_atom(inst: Instruction, mods: list[str]) -> Factory:
             ids = fr.thread_index if m is True else fr.thread_index[m]
             if m is not True:
                 addrs = addrs[m]
-            vals = [np.broadcast_to(g(), (fr.n,))[ids] for g in getters]
-            old = np.empty(addrs.size, dt)
-            # one lane per distinct address per round keeps every update visible to the next
-            pending = np.arange(addrs.size)
-            while pending.size:
-                _, first = np.unique(addrs[pending], return_index=True)
-                lanes = pending[first]
-                cur = load_space(fr, space, addrs[lanes], ids[lanes], dt)
-                old[lanes] = cur
-                new = combine(cur, *[v[lanes] for v in vals])
-                store_space(fr, space, addrs[lanes], ids[lanes], np.asarray(new, dt))
-                pending = np.setdiff1d(pending, lanes, assume_unique=True)
+            if addrs.size == 0:
+                return
+            key = _location_owner(fr, space, addrs, ids)
+            order = np.lexsort((addrs, key))  # stable: thread order within a location
+            sa, sk = addrs[order], key[order]
+            starts = np.flatnonzero(np.r_[True, (sa[1:] != sa[:-1]) | (sk[1:] != sk[:-1])])
+            counts = np.diff(np.r_[starts, addrs.size])
+            rank = np.arange(addrs.size) - np.repeat(starts, counts)
+            first = order[starts]
+            current = load_space(fr, space, addrs[first], ids[first], dt)
+            vals = [np.broadcast_to(g(), (fr.n,))[ids][order] for g in getters]
+            if op in _REDUCIBLE or op == "exch":
+                old, final = _scan_update(op, current, vals[0], starts, counts, rank)
+            elif op == "cas":
+                old, final = _cas_update(current, vals[0], vals[1], starts, counts)
+            else:
+                old, final = _serial_update(_ATOM_OPS[op], current, vals[0], starts, counts, rank)
+            store_space(fr, space, addrs[first], ids[first], np.asarray(final).astype(dt))
             if write is not None:
-                write(old, m)
+                out = np.empty(addrs.size, dt)
+                out[order] = np.asarray(old).astype(dt)
+                write(out, m)
         return atom
     return factory
+
+
+def _location_owner(fr: Frame, space: str | None, addrs: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Which copy of an address a lane touches: its block for shared memory, itself for local."""
+    if space == "shared":
+        return fr.block_of_thread[ids]
+    if space == "local":
+        return ids.copy()
+    if space is None and addrs.size and int(addrs.max()) >= LOCAL_WINDOW:
+        owner = np.full(addrs.size, -1, np.int64)
+        for sel, sp, _ in _generic_parts(addrs)[1:]:
+            owner[sel] = _location_owner(fr, sp, addrs[sel], ids[sel])
+        return owner
+    return np.zeros(addrs.size, np.int64)
+
+
+def _scan_update(op: str, current, values, starts, counts, rank):
+    """Old value per lane (sorted order) and final value per location for an associative op:
+    a segmented inclusive scan (Hillis-Steele), shifted by one lane."""
+    n = values.size
+    ends = starts + counts - 1
+    if op == "exch":
+        old = np.empty(n, values.dtype)
+        old[1:] = values[:-1]
+        old[starts] = current
+        return old, values[ends]
+    uf = _REDUCIBLE[op]
+    acc = values.astype(np.float64) if values.dtype.kind == "f" else values.copy()
+    step = 1
+    top = int(rank.max())
+    while step <= top:
+        lanes = np.flatnonzero(rank >= step)
+        acc[lanes] = uf(acc[lanes], acc[lanes - step])  # fancy indexing reads before it writes
+        step *= 2
+    base = np.repeat(current.astype(acc.dtype), counts)
+    excl = np.empty_like(acc)
+    excl[1:] = acc[:-1]
+    old = np.where(rank > 0, uf(base, excl), base)
+    return old, uf(current.astype(acc.dtype), acc[ends])
+
+
+def _cas_update(current, compare, swap, starts, counts):
+    """Serial compare-and-swap: each step finds, per location, the next lane whose compare value
+    matches; the lanes before it fail, it succeeds and changes the value the rest compare with."""
+    n = compare.size
+    lane = np.arange(n)
+    group = np.repeat(np.arange(starts.size), counts)
+    end = starts + counts
+    old = np.empty(n, current.dtype)
+    cur = current.copy()
+    pos = starts.copy()  # first undecided lane of each location
+    while True:
+        pending = lane >= pos[group]
+        if not pending.any():
+            return old, cur
+        match = pending & (compare == cur[group])
+        hit = end.copy()
+        np.minimum.at(hit, group[match], lane[match])
+        fail = pending & (lane < hit[group])
+        old[fail] = cur[group[fail]]
+        won = np.flatnonzero(hit < end)
+        old[hit[won]] = cur[won]
+        cur[won] = swap[hit[won]]
+        pos = np.where(hit < end, hit + 1, end)
+
+
+def _serial_update(fn, current, values, starts, counts, rank):
+    old = np.empty(values.size, current.dtype)
+    cur = current.copy()
+    group = np.repeat(np.arange(starts.size), counts)
+    for r in range(int(rank.max()) + 1):  # round r: the r-th lane of every location
+        lanes = np.flatnonzero(rank == r)
+        g = group[lanes]
+        old[lanes] = cur[g]
+        cur[g] = fn(cur[g], values[lanes])
+    return old, cur
 
 
 def _inc(cur, b):
@@ -929,6 +1021,8 @@ def _dec(cur, b):
     return np.where((cur == 0) | (cur > b), b, cur - 1).astype(cur.dtype)
 
 
+_REDUCIBLE = {"add": np.add, "min": np.minimum, "max": np.maximum,
+              "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor}
 _ATOM_OPS: dict[str, Callable] = {
     "add": np.add, "min": np.minimum, "max": np.maximum, "exch": lambda cur, b: b,
     "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor,
