@@ -35,7 +35,6 @@ DTYPES: dict[str, np.dtype] = {
 UINT = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
 SINT = {1: np.dtype(np.int8), 2: np.dtype(np.int16), 4: np.dtype(np.int32), 8: np.dtype(np.int64)}
 
-Mask = "bool | np.ndarray"  # True: every thread of the batch is active; else a bool array
 Getter = Callable[[], object]
 Writer = Callable[[object, object], None]
 
@@ -45,6 +44,49 @@ class Unsupported(CudaError):
 
     def __init__(self, what: str) -> None:
         super().__init__(Error.cudaErrorNotSupported, f"the PTX emulator does not support {what}")
+
+
+class Active:
+    """The threads running the current step when not all of them are (then it is just True).
+
+    numpy's `where=` branches per element and is several times slower on divergent masks, so a
+    write under a partial mask is a scatter to the active lanes when they are few, else a
+    bitwise select (`d ^= (v ^ d) & bits`).
+    """
+
+    __slots__ = ("mask", "index", "_bits")
+    SPARSE = 0.15  # below this active fraction, scatter by index
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask
+        count = int(np.count_nonzero(mask))
+        self.index = np.flatnonzero(mask) if count < self.SPARSE * mask.size else None
+        self._bits: dict[int, np.ndarray] = {}
+
+    def bits(self, size: int) -> np.ndarray:
+        """All-ones in active lanes, zero elsewhere, as unsigned integers of `size` bytes."""
+        b = self._bits.get(size)
+        if b is None:
+            b = self._bits[size] = np.negative(self.mask.view(np.int8).astype(SINT[size])).view(UINT[size])
+        return b
+
+
+def blend(dst: np.ndarray, value, m) -> None:
+    """dst[active] = value (broadcast, converted to dst's type); every lane when m is True."""
+    if m is True:
+        np.copyto(dst, value, casting="unsafe")
+        return
+    v = np.asarray(value)
+    if v.dtype != dst.dtype:
+        v = v.astype(dst.dtype)
+    if m.index is not None:
+        dst[m.index] = v[m.index] if v.ndim else v
+        return
+    ut = UINT[dst.dtype.itemsize]
+    d = dst.view(ut)
+    t = np.bitwise_xor(v.view(ut), d)
+    np.bitwise_and(t, m.bits(dst.dtype.itemsize), out=t)
+    np.bitwise_xor(d, t, out=d)
 
 
 def int_like(dt: np.dtype, signed: bool) -> np.dtype:
@@ -200,7 +242,7 @@ class Frame:
         v = self.view(op.name, dt)
         if v is not None:
             def write(value, m, v=v):
-                np.copyto(v, value, where=m, casting="unsafe")
+                blend(v, value, m)
             return v, write
         store = self.regs[op.name]
         if store.dtype == np.bool_ or dt == np.bool_ or store.dtype.kind == "f" or dt.kind == "f":
@@ -210,7 +252,7 @@ class Frame:
         vt = int_like(dt, sign)
 
         def write_ext(value, m):
-            np.copyto(target, np.asarray(value).astype(vt, copy=False), where=m, casting="unsafe")
+            blend(target, np.asarray(value).astype(vt, copy=False), m)
         return None, write_ext
 
     def scatter(self, op, dt: np.dtype) -> Writer:
@@ -223,7 +265,7 @@ class Frame:
                 if m is True:
                     view[...] = values
                 else:
-                    view[m] = values
+                    view[m.mask] = values
             return put
         store = self.regs[op.name]
         target = store.view(int_like(store.dtype, dt.kind == "i"))
@@ -233,7 +275,7 @@ class Frame:
             if m is True:
                 target[...] = values
             else:
-                target[m] = values
+                target[m.mask] = values
         return put_ext
 
     def address(self, op: Addr) -> Getter:

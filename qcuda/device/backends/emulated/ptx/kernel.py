@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .....protocol.errors import CudaError, Error
-from .frame import DTYPES, Frame, Unsupported
+from .frame import DTYPES, Active, Frame, Unsupported
 from .inline import expand_calls
 from .ops import Factory, decode
 from .parser import Addr, Function, Instruction, Reg, Sym, Variable
@@ -249,7 +249,7 @@ class Kernel:
                         return
                     cur = target
                     continue
-                nxt[m] = target
+                nxt[m.mask] = target
             else:
                 p = pred()
                 taken = ~p if blk.guard[1] else p.copy()
@@ -265,15 +265,14 @@ class Kernel:
                     nxt.fill(fall)
                     nxt[taken] = target
                 else:
-                    taken &= m
+                    taken &= m.mask
                     nxt[taken] = target
-                    nxt[m & ~taken] = fall
+                    nxt[m.mask & ~taken] = fall
             cur = int(nxt.min())
             if cur == exit_index:
                 return
-            m = nxt == cur
-            if m.all():
-                m = True
+            mask = nxt == cur
+            m = True if mask.all() else Active(mask)
 
 
 def _print(text: str) -> None:

@@ -2,8 +2,8 @@
 
 `decode(instruction)` parses the opcode and operands once and returns a factory; the factory,
 given a `Frame`, binds the operands to that batch's register arrays and returns the function
-that runs the instruction: `run(mask)`, where mask is True (every thread active) or a bool array.
-Arithmetic writes through `where=mask`; memory operations touch only the active threads'
+that runs the instruction: `run(m)`, where m is True (every thread active) or an `Active`.
+Arithmetic computes every lane and blends the active ones in; memory operations touch only the active threads'
 addresses, so an inactive thread can never fault. Anything not implemented raises `Unsupported`
 (cudaErrorNotSupported) naming the instruction, never a silent wrong answer.
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from .....protocol.errors import CudaError, Error
 from .frame import (
-    DTYPES, LOCAL_WINDOW, SHARED_WINDOW, SINT, UINT, WINDOW_SIZE, Frame, Unsupported, int_like,
+    DTYPES, LOCAL_WINDOW, SHARED_WINDOW, SINT, UINT, WINDOW_SIZE, Active, Frame, Unsupported, blend, int_like,
 )
 from .parser import Addr, Imm, Instruction, Neg, PredPair, Reg, Sym, Vec
 
@@ -81,9 +81,9 @@ def _ufunc(inst: Instruction, dt: np.dtype, uf: np.ufunc) -> Factory:
             return lambda m: write(uf(getters[0](), getters[1]()), m)
         if len(getters) == 1:
             (ga,) = getters
-            return lambda m: uf(ga(), out=out, where=m)
+            return lambda m: uf(ga(), out=out) if m is True else blend(out, uf(ga()), m)
         ga, gb = getters
-        return lambda m: uf(ga(), gb(), out=out, where=m)
+        return lambda m: uf(ga(), gb(), out=out) if m is True else blend(out, uf(ga(), gb()), m)
     return factory
 
 
@@ -331,7 +331,7 @@ def _make_shift(kind: str):
                 ga = fr.src(a, dt)
                 out, write = fr.dst(d, dt)
                 if out is not None:
-                    return lambda m: uf(ga(), amount, out=out, where=m)
+                    return lambda m: uf(ga(), amount, out=out) if m is True else blend(out, uf(ga(), amount), m)
                 return lambda m: write(uf(ga(), amount), m)
             return factory
         return _elementwise(inst, dt, fn, src_dts=[dt, DTYPES["u32"]])
@@ -548,7 +548,7 @@ def _make_setp(inst: Instruction, mods: list[str]) -> Factory:
         write2 = fr.dst(second, pred)[1] if second is not None else None
 
         if boolop is None and write2 is None and out is not None and isinstance(cmp, np.ufunc):
-            return lambda m: cmp(ga(), gb(), out=out, where=m)
+            return lambda m: cmp(ga(), gb(), out=out) if m is True else blend(out, cmp(ga(), gb()), m)
 
         def run(m):
             t = np.asarray(cmp(ga(), gb()))
@@ -835,8 +835,8 @@ def _make_ld(inst: Instruction, mods: list[str]) -> Factory:
             addrs = ga()
             ids = None
             if m is not True:
-                ids = fr.thread_index[m]
-                addrs = addrs[m]
+                ids = fr.thread_index[m.mask]
+                addrs = addrs[m.mask]
             if vec > 1 and addrs.size and np.any(addrs % np.uint64(size * vec)):
                 raise CudaError(Error.cudaErrorMisalignedAddress, f"{inst}: misaligned vector access")
             for k, w in enumerate(writers):
@@ -863,14 +863,14 @@ def _make_st(inst: Instruction, mods: list[str]) -> Factory:
             addrs = ga()
             ids = None
             if m is not True:
-                ids = fr.thread_index[m]
-                addrs = addrs[m]
+                ids = fr.thread_index[m.mask]
+                addrs = addrs[m.mask]
             if vec > 1 and addrs.size and np.any(addrs % np.uint64(size * vec)):
                 raise CudaError(Error.cudaErrorMisalignedAddress, f"{inst}: misaligned vector access")
             for k, g in enumerate(getters):
                 v = g()
                 if m is not True and np.ndim(v):
-                    v = v[m]
+                    v = v[m.mask]
                 v = np.asarray(v, dtype=dt)
                 store_space(fr, space, addrs + np.uint64(k * size) if k else addrs, ids, v)
         return st
@@ -908,9 +908,9 @@ def _make_atom(inst: Instruction, mods: list[str]) -> Factory:
 
         def atom(m):
             addrs = ga()
-            ids = fr.thread_index if m is True else fr.thread_index[m]
+            ids = fr.thread_index if m is True else fr.thread_index[m.mask]
             if m is not True:
-                addrs = addrs[m]
+                addrs = addrs[m.mask]
             if addrs.size == 0:
                 return
             key = _location_owner(fr, space, addrs, ids)
@@ -1032,7 +1032,7 @@ _ATOM_OPS: dict[str, Callable] = {
 
 # -- warp-level ----------------------------------------------------------------------------------
 def _full_mask(fr: Frame, m) -> np.ndarray:
-    return np.ones(fr.n, dtype=bool) if m is True else m
+    return np.ones(fr.n, dtype=bool) if m is True else m.mask
 
 
 def _make_shfl(inst: Instruction, mods: list[str]) -> Factory:
@@ -1216,7 +1216,7 @@ def _make_vprintf(inst: Instruction, mods: list[str]) -> Factory:
         ret_slot = fr.kernel.symbol_address(rets.items[0].name) if rets.items else None
 
         def run(m):
-            ids = fr.thread_index if m is True else fr.thread_index[m]
+            ids = fr.thread_index if m is True else fr.thread_index[m.mask]
             if ids.size == 0:
                 return
             fmts = load_space(fr, "local", np.full(ids.size, fmt_slot, np.uint64), ids, u64)
@@ -1299,7 +1299,7 @@ def decode(inst: Instruction) -> Factory:
             p = pred()
             active = ~p if negated else p.copy()
             if m is not True:
-                active &= m
-            run(active)
+                active &= m.mask
+            run(Active(active))
         return run_guarded
     return guarded
