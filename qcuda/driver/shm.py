@@ -125,7 +125,10 @@ class ShmChannel:
             try:
                 if self._cq.pending():
                     continue
-                ready, _, _ = select.select([self._wake_guest, self._sock], [], [], min(MAX_SLEEP, max(1e-3, idle)))
+                try:
+                    ready, _, _ = select.select([self._wake_guest, self._sock], [], [], min(MAX_SLEEP, max(1e-3, idle)))
+                except (OSError, ValueError):  # closed under us by close()
+                    raise ChannelClosed from None
             finally:
                 self._words[GUEST_SLEEPING] = 0
             if self._wake_guest in ready:
