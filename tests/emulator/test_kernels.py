@@ -347,3 +347,29 @@ def test_vector_loads_and_half_conversion(built, emu):
     np.testing.assert_array_equal(out, np.stack([v[:, 3], v[:, 2] * 2, v[:, 1] + v[:, 0], -v[:, 0]], axis=1))
     np.testing.assert_array_equal(outd, np.stack([d[:, 1], d[:, 0] - d[:, 1]], axis=1))
     np.testing.assert_array_equal(h, v[:, 0].astype(np.float16).view(np.uint16))
+
+
+def _dp4a(x: int, y: int, z: int, signed: bool) -> int:
+    def b(v, k):
+        byte = (v >> (8 * k)) & 0xFF
+        return byte - 256 if signed and byte >= 128 else byte
+    total = sum(b(x, k) * b(y, k) for k in range(4)) + z
+    return (total + 2**31) % 2**32 - 2**31
+
+
+def test_block_votes_and_dp4a(built, emu):
+    mod = emu.load(built.ptx("warp.cu"))
+    blocks, block = 4, 128
+    n = blocks * block - 50
+    x = rng.integers(-100, 100, n, dtype=np.int32)
+    out = np.zeros(n * 5, np.int32)
+    emu.run(mod, "block_votes", blocks, block, x, out, np.int32(n))
+    padded = np.zeros(blocks * block, np.int32)
+    padded[:n] = x
+    got = out.reshape(n, 5)
+    for i in range(n):
+        blk = padded[i // block * block:(i // block + 1) * block]
+        v = int(x[i])
+        assert list(got[i, :3]) == [(blk > 0).sum(), int((blk > -50).all()), int((blk > 95).any())]
+        assert got[i, 3] == _dp4a(v & 0xFFFFFFFF, (v * 3 + 1) & 0xFFFFFFFF, 7, True)
+        assert got[i, 4] == _dp4a(v & 0xFFFFFFFF, 0x01020304, 5, False)

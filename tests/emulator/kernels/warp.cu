@@ -23,3 +23,19 @@ extern "C" __global__ void warp_ops(const int* in, int* out, int n) {
         o[5] = (int)ballot; o[6] = any; o[7] = all; o[8] = (int)active; o[9] = (int)red;
     }
 }
+
+// Block-wide votes (__syncthreads_count/and/or) and the int8 dot product.
+extern "C" __global__ void block_votes(const int* in, int* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int v = i < n ? in[i] : 0;
+    int count = __syncthreads_count(v > 0);
+    int all = __syncthreads_and(v > -50);
+    int any = __syncthreads_or(v > 95);
+    if (i < n) {
+        out[i * 5 + 0] = count;
+        out[i * 5 + 1] = all;
+        out[i * 5 + 2] = any;
+        out[i * 5 + 3] = __dp4a(v, v * 3 + 1, 7);
+        out[i * 5 + 4] = (int)__dp4a((unsigned)v, 0x01020304u, 5u);
+    }
+}

@@ -117,7 +117,7 @@ class Frame:
     """One batch of `nblocks` blocks of `tpb` threads, bound to a kernel's registers and layout."""
 
     def __init__(self, kernel, nblocks: int, block: tuple[int, int, int], grid: tuple[int, int, int],
-                 shared_bytes: int, params: np.ndarray, memory) -> None:
+                 shared_bytes: int, params: np.ndarray, memory, dynamic_shared: int = 0) -> None:
         self.kernel = kernel
         self.block, self.grid = block, grid
         self.tpb = block[0] * block[1] * block[2]
@@ -159,6 +159,7 @@ class Frame:
             "%ntid.x": block[0], "%ntid.y": block[1], "%ntid.z": block[2],
             "%nctaid.x": grid[0], "%nctaid.y": grid[1], "%nctaid.z": grid[2],
             "%nwarpid": -(-self.tpb // 32), "%smid": 0, "%nsmid": 1, "%gridid": 0,
+            "%dynamic_smem_size": dynamic_shared, "%total_smem_size": shared_bytes,
         }
         self.uniform = {k: np.uint32(v) for k, v in uniform.items()}
 

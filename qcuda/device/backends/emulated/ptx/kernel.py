@@ -203,7 +203,7 @@ class Kernel:
             for first in range(0, nblocks, per_batch):
                 count = min(per_batch, nblocks - first)
                 if count not in frames:
-                    frame = Frame(self, count, block, grid, shared, param_bytes, self.memory)
+                    frame = Frame(self, count, block, grid, shared, param_bytes, self.memory, shared_bytes)
                     frames[count] = (frame, self._bind(frame))
                 frame, bound = frames[count]
                 frame.start(first)

@@ -1237,9 +1237,94 @@ def _make_builtin(inst: Instruction, mods: list[str]) -> Factory:
 
 
 def _no_op(inst: Instruction, mods: list[str]) -> Factory:
-    """Barriers and fences: in lockstep, min-PC execution every thread that has not reached this
-    point is run before the threads that have (see kernel.py), which is what bar.sync promises."""
+    """Barriers, fences, hints: in lockstep, min-PC execution every thread that has not reached
+    this point is run before the threads that have (see kernel.py), which is what bar.sync
+    promises; memory is sequentially consistent already."""
     return lambda fr: (lambda m: None)
+
+
+def _make_barrier(inst: Instruction, mods: list[str]) -> Factory:
+    """bar.sync and friends; bar.red also reduces a predicate over the block (__syncthreads_or)."""
+    if "red" not in mods:
+        return _no_op(inst, mods)
+    op = next((x for x in mods if x in ("popc", "and", "or")), None)
+    if op is None or len(inst.operands) not in (3, 4):
+        raise Unsupported(f"instruction {inst.opcode}")
+    d, c = inst.operands[0], inst.operands[-1]
+
+    def factory(fr: Frame) -> Run:
+        gc = _pred_source(fr, c)
+        _, write = fr.dst(d, DTYPES["u32"] if op == "popc" else DTYPES["pred"])
+
+        def run(m):
+            active = _full_mask(fr, m)
+            yes = np.bincount(fr.block_of_thread, np.asarray(gc()) & active, minlength=fr.nblocks)
+            everyone = np.bincount(fr.block_of_thread, active, minlength=fr.nblocks)
+            per_block = {"popc": lambda: yes.astype(np.uint32), "and": lambda: yes == everyone,
+                         "or": lambda: yes > 0}[op]()
+            write(per_block[fr.block_of_thread], m)
+        return run
+    return factory
+
+
+def _make_dp(inst: Instruction, mods: list[str]) -> Factory:
+    """dp4a / dp2a: dot product of packed bytes (and halves), plus an accumulator."""
+    types = _types(mods)
+    d, a, b, c = _operands(inst, 4)
+    if len(types) != 2 or (inst.opcode.startswith("dp2a") and not ({"lo", "hi"} & set(mods))):
+        raise Unsupported(f"instruction {inst.opcode}")
+    at, bt = types
+    four = inst.opcode.startswith("dp4a")
+    hi = "hi" in mods
+    out_dt = DTYPES["s32"] if at.kind == "i" or bt.kind == "i" else DTYPES["u32"]
+
+    def parts(x, dt, width):
+        x = np.asarray(x).astype(np.uint32).astype(np.int64)
+        n = 32 // width
+        vals = [(x >> (width * k)) & ((1 << width) - 1) for k in range(n)]
+        if dt.kind == "i":
+            vals = [np.where(v >= 1 << (width - 1), v - (1 << width), v) for v in vals]
+        return vals
+
+    def fn(x, y, z):
+        xs = parts(x, at, 8 if four else 16)
+        ys = parts(y, bt, 8)
+        if not four:
+            ys = ys[2:] if hi else ys[:2]
+        total = sum(p * q for p, q in zip(xs, ys)) + np.asarray(z).astype(np.int64)
+        return total.astype(out_dt)
+    return _elementwise(inst, out_dt, fn, src_dts=[DTYPES["u32"], DTYPES["u32"], out_dt])
+
+
+def _make_mul24(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    ops = inst.operands
+    if dt.itemsize != 4 or len(ops) != (4 if inst.opcode.startswith("mad") else 3):
+        raise Unsupported(f"instruction {inst.opcode}")
+    signed = dt.kind == "i"
+
+    def low24(x):
+        x = np.asarray(x).astype(np.int64) & 0xFFFFFF
+        return np.where(x >= 1 << 23, x - (1 << 24), x) if signed else x
+
+    def product(x, y):
+        p = low24(x) * low24(y)  # 48 bits, exact in int64
+        return (p >> 16) if "hi" in mods else p
+
+    if len(ops) == 4:
+        return _elementwise(inst, dt, lambda x, y, z: (product(x, y) + np.asarray(z).astype(np.int64)).astype(dt))
+    return _elementwise(inst, dt, lambda x, y: product(x, y).astype(dt))
+
+
+def _make_sad(inst: Instruction, mods: list[str]) -> Factory:
+    dt = _one_type(inst, mods)
+    _operands(inst, 4)
+    wide = np.int64 if dt.itemsize < 8 else (np.int64 if dt.kind == "i" else np.uint64)
+
+    def fn(a, b, c):
+        a, b = np.asarray(a).astype(wide), np.asarray(b).astype(wide)
+        return (np.where(a > b, a - b, b - a) + np.asarray(c).astype(wide)).astype(dt)
+    return _elementwise(inst, dt, fn)
 
 
 def _make_trap(inst: Instruction, mods: list[str]) -> Factory:
@@ -1265,7 +1350,9 @@ _MAKERS: dict[str, Callable[[Instruction, list[str]], Factory]] = {
     "setp": _make_setp, "set": _make_set, "selp": _make_selp,
     "mov": _make_mov, "cvt": _make_cvt, "cvta": _make_cvta, "isspacep": _make_isspacep,
     "ld": _make_ld, "ldu": _make_ld, "st": _make_st, "atom": _make_atom, "red": _make_atom,
-    "bar": _no_op, "barrier": _no_op, "membar": _no_op, "fence": _no_op, "nanosleep": _no_op,
+    "bar": _make_barrier, "barrier": _make_barrier, "membar": _no_op, "fence": _no_op,
+    "nanosleep": _no_op, "prefetch": _no_op, "prefetchu": _no_op,
+    "dp4a": _make_dp, "dp2a": _make_dp, "mul24": _make_mul24, "mad24": _make_mul24, "sad": _make_sad,
     "trap": _make_trap, "shfl": _make_shfl, "vote": _make_vote, "activemask": _make_activemask,
     "redux": _make_redux, "qcuda": _make_builtin,
 }
