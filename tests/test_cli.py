@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_demo_starts_a_local_daemon_when_none_runs(runtime_dir):

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import importlib.util
 
-from conftest import REPO
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_protocol_doc_message_table_is_current():
