@@ -373,3 +373,16 @@ def test_block_votes_and_dp4a(built, emu):
         assert list(got[i, :3]) == [(blk > 0).sum(), int((blk > -50).all()), int((blk > 95).any())]
         assert got[i, 3] == _dp4a(v & 0xFFFFFFFF, (v * 3 + 1) & 0xFFFFFFFF, 7, True)
         assert got[i, 4] == _dp4a(v & 0xFFFFFFFF, 0x01020304, 5, False)
+
+
+def test_fma_f64_rounds_once(built, emu):
+    from fractions import Fraction
+    mod = emu.load(built.ptx("convert.cu"))
+    n = 400
+    a = rng.standard_normal(n) * 10.0 ** rng.integers(-20, 20, n)
+    b = rng.standard_normal(n) * 10.0 ** rng.integers(-20, 20, n)
+    c = -(a * b) * (1 + rng.standard_normal(n) * 1e-10)  # cancellation: the product's low bits matter
+    out = np.zeros(n)
+    emu.run(mod, "fma_f64", 2, 256, a, b, c, out, np.int32(n))
+    expect = [float(Fraction(x) * Fraction(y) + Fraction(z)) for x, y, z in zip(a, b, c)]
+    np.testing.assert_array_equal(out, expect)

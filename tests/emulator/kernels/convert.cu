@@ -39,3 +39,8 @@ extern "C" __global__ void vectors(const float4* __restrict__ in, const double2*
     outd[i] = make_double2(e.y, e.x - e.y);
     h[i] = __half_as_ushort(__float2half_rn(v.x));
 }
+
+extern "C" __global__ void fma_f64(const double* a, const double* b, const double* c, double* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = fma(a[i], b[i], c[i]);
+}

@@ -7,8 +7,7 @@ Arithmetic computes every lane and blends the active ones in; memory operations 
 addresses, so an inactive thread can never fault. Anything not implemented raises `Unsupported`
 (cudaErrorNotSupported) naming the instruction, never a silent wrong answer.
 
-Deliberate approximations, each a later issue: `fma.rn.f64` is not fused (a*b rounded, then +c);
-`.approx` math is computed to full precision; `.ftz` does not flush subnormals. Directed
+Deliberate approximations, each a later issue: `.approx` math is computed to full precision; `.ftz` does not flush subnormals. Directed
 rounding (.rz/.rm/.rp) of float arithmetic is refused rather than computed to nearest.
 """
 from __future__ import annotations
@@ -210,7 +209,7 @@ def _make_fma(inst: Instruction, mods: list[str]) -> Factory:
     dt = _one_type(inst, mods)
     _operands(inst, 4)
     if dt == np.float64:
-        fn = lambda a, b, c: np.multiply(a, b) + c  # noqa: E731 (not fused: see module doc)
+        fn = _fma_f64
     else:
         fn = lambda a, b, c: _fma_narrow(a, b, c, dt)  # noqa: E731
     if "sat" in mods:
@@ -220,24 +219,56 @@ def _make_fma(inst: Instruction, mods: list[str]) -> Factory:
 
 
 _SIGN64 = np.uint64(1 << 63)
+_SPLITTER = 134217729.0  # 2**27 + 1 (Veltkamp)
 
 
-def _fma_narrow(a, b, c, dt: np.dtype) -> np.ndarray:
-    """Correctly rounded a*b+c for f32/f16: the product is exact in float64; the sum is rounded
-    to odd there (TwoSum gives its error), and round-to-odd then round-to-nearest in a format
-    with 2p+2 bits or fewer is a single correct rounding."""
-    a64 = np.asarray(a, np.float64)
-    p = a64 * b
-    c64 = np.asarray(c, np.float64)
-    s = p + c64
-    bp = s - c64
-    err = (p - bp) + (c64 - (s - bp))
+def _two_sum(a, b):
+    """s + e == a + b exactly (Knuth)."""
+    s = a + b
+    bp = s - a
+    return s, (a - (s - bp)) + (b - bp)
+
+
+def _two_prod(a, b):
+    """p + e == a * b exactly (Dekker), barring overflow and subnormal products."""
+    p = a * b
+    t = _SPLITTER * a
+    ah = t - (t - a)
+    al = a - ah
+    t = _SPLITTER * b
+    bh = t - (t - b)
+    bl = b - bh
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def _add_round_odd(x, y) -> np.ndarray:
+    """x + y rounded to odd in float64: truncate, and make the last bit 1 if anything was cut."""
+    s, err = _two_sum(np.asarray(x, np.float64), np.asarray(y, np.float64))
     inexact = (err != 0) & np.isfinite(s)
     bits = np.ascontiguousarray(s).view(np.uint64)
     sign, mag = bits & _SIGN64, bits & ~_SIGN64
     toward_zero = inexact & (np.signbit(err) != np.signbit(s))
     mag = (mag - toward_zero.astype(np.uint64)) | inexact.astype(np.uint64)
-    return (sign | mag).view(np.float64).astype(dt)
+    return (sign | mag).view(np.float64)
+
+
+def _fma_narrow(a, b, c, dt: np.dtype) -> np.ndarray:
+    """Correctly rounded a*b+c for f32/f16: the product is exact in float64, the sum rounded to
+    odd there, and round-to-odd followed by round-to-nearest into a format of at most half the
+    precision (less 2 bits) is a single correct rounding."""
+    return _add_round_odd(np.asarray(a, np.float64) * b, c).astype(dt)
+
+
+def _fma_f64(a, b, c) -> np.ndarray:
+    """Correctly rounded a*b+c in float64 (Boldo & Melquiond: emulated FMA by rounding to odd).
+    Where the product overflows the splitter or underflows, a*b+c is rounded twice instead."""
+    a, b, c = np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(c, np.float64)
+    uh, ul = _two_prod(a, b)
+    th, tl = _two_sum(c, uh)
+    exact = th + _add_round_odd(tl, ul)
+    safe = (np.abs(a) < 2.0**995) & (np.abs(b) < 2.0**995) & ((np.abs(uh) > 2.0**-968) | (uh == 0))
+    safe &= np.isfinite(exact)
+    return np.where(safe, exact, uh + c)
 
 
 def _make_div(inst: Instruction, mods: list[str]) -> Factory:
