@@ -156,3 +156,142 @@ def test_float_instruction(instruction, ref):
     expect = np.array([np.float32(e).view(np.uint32) if isinstance(e, (float, np.floating)) else e % 2**32
                        for e in expect], dtype=np.uint64).astype(np.uint32)
     np.testing.assert_array_equal(got, expect)
+
+
+def _directed_ref(op: str, mode: str, xs: list[float], dt) -> float:
+    """The exactly rounded result from rational arithmetic."""
+    from fractions import Fraction
+    import math
+    q = [Fraction(float(v)) for v in xs]
+    if op == "sqrt":
+        if q[0] < 0:
+            return math.nan
+        exact = Fraction(math.sqrt(float(q[0])))  # refined below by bisection on the float grid
+    else:
+        exact = {"add": lambda: q[0] + q[1], "sub": lambda: q[0] - q[1], "mul": lambda: q[0] * q[1],
+                 "div": lambda: q[0] / q[1], "fma": lambda: q[0] * q[1] + q[2]}[op]()
+    f = dt(float(exact))
+    lo, hi = f, f
+    down, up = np.nextafter(f, dt(-np.inf)), np.nextafter(f, dt(np.inf))
+    cmp = (lambda y: Fraction(float(y)) ** 2 - q[0]) if op == "sqrt" else (lambda y: Fraction(float(y)) - exact)
+    if cmp(f) > 0:
+        lo, hi = down, f
+    elif cmp(f) < 0:
+        lo, hi = f, up
+    else:
+        return float(f)
+    if mode == "rm":
+        return float(lo)
+    if mode == "rp":
+        return float(hi)
+    return float(lo if hi > 0 else hi)  # rz: toward zero
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "fma", "sqrt"])
+@pytest.mark.parametrize("mode", ["rz", "rm", "rp"])
+@pytest.mark.parametrize("ty", ["f32", "f64"])
+def test_directed_rounding(op, mode, ty):
+    if op == "fma" and ty == "f64":
+        pytest.skip("fma.f64 with directed rounding is refused")
+    dt = np.float32 if ty == "f32" else np.float64
+    n = 64
+    xs = [(rng.standard_normal(n) * 10.0 ** rng.integers(-5, 5, n)).astype(dt) for _ in range(3)]
+    if op == "sqrt":
+        xs[0] = np.abs(xs[0])
+    nops = {"sqrt": 1, "fma": 3}.get(op, 2)
+    srcs = ", ".join(f"%x{k}" for k in range(nops))
+    word = "b32" if ty == "f32" else "b64"
+    ptx = f"""
+.version 8.0
+.target sm_90
+.address_size 64
+.visible .entry k(.param .u64 p0, .param .u64 p1, .param .u64 p2, .param .u64 pd)
+{{
+    .reg .{ty} %x<4>;
+    .reg .b32 %r<2>;
+    .reg .b64 %rd<12>;
+    mov.u32 %r1, %tid.x;
+    mul.wide.u32 %rd5, %r1, {np.dtype(dt).itemsize};
+    ld.param.u64 %rd1, [p0];
+    ld.param.u64 %rd2, [p1];
+    ld.param.u64 %rd3, [p2];
+    ld.param.u64 %rd4, [pd];
+    add.s64 %rd1, %rd1, %rd5;
+    add.s64 %rd2, %rd2, %rd5;
+    add.s64 %rd3, %rd3, %rd5;
+    add.s64 %rd4, %rd4, %rd5;
+    ld.global.{ty} %x0, [%rd1];
+    ld.global.{ty} %x1, [%rd2];
+    ld.global.{ty} %x2, [%rd3];
+    {op}.{mode}.{ty} %x3, {srcs};
+    st.global.{word} [%rd4], %x3;
+    ret;
+}}
+""".encode()
+    memory = DeviceMemory(1 << 24)
+    k = Module.load(ptx, memory).functions["k"]
+    ptrs = [memory.alloc(n * 8) for _ in range(4)]
+    for p, arr in zip(ptrs, xs):
+        memory.write(p, arr.tobytes())
+    k.launch((1, 1, 1), (n, 1, 1), 0, np.array(ptrs, np.uint64).tobytes())
+    got = np.frombuffer(memory.read(ptrs[3], n * np.dtype(dt).itemsize), dt)
+    expect = np.array([_directed_ref(op, mode, [x[i] for x in xs[:nops]], dt) for i in range(n)], dt)
+    np.testing.assert_array_equal(got, expect)
+
+
+@pytest.mark.parametrize("mode", ["rz", "rm", "rp"])
+@pytest.mark.parametrize("src", ["f64", "s64", "u64", "s32"])
+def test_directed_conversion_to_f32(mode, src):
+    from fractions import Fraction
+    n = 64
+    if src == "f64":
+        x = rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, n)
+        x[:3] = [1e300, -1e300, 1 + 2**-30]
+    else:
+        x = rng.integers(-2**62 if src != "u64" else 0, 2**62, n, dtype=np.int64).astype({"s64": np.int64, "u64": np.uint64, "s32": np.int32}[src])
+    width = x.dtype.itemsize
+    ptx = f"""
+.version 8.0
+.target sm_90
+.address_size 64
+.visible .entry k(.param .u64 p0, .param .u64 pd)
+{{
+    .reg .{src} %x;
+    .reg .f32 %f;
+    .reg .b32 %r<2>;
+    .reg .b64 %rd<8>;
+    mov.u32 %r1, %tid.x;
+    ld.param.u64 %rd1, [p0];
+    ld.param.u64 %rd2, [pd];
+    mul.wide.u32 %rd3, %r1, {width};
+    add.s64 %rd1, %rd1, %rd3;
+    mul.wide.u32 %rd4, %r1, 4;
+    add.s64 %rd2, %rd2, %rd4;
+    ld.global.{src} %x, [%rd1];
+    cvt.{mode}.f32.{src} %f, %x;
+    st.global.f32 [%rd2], %f;
+    ret;
+}}
+""".encode()
+    memory = DeviceMemory(1 << 24)
+    k = Module.load(ptx, memory).functions["k"]
+    p0, pd = memory.alloc(x.nbytes), memory.alloc(4 * n)
+    memory.write(p0, x.tobytes())
+    k.launch((1, 1, 1), (n, 1, 1), 0, np.array([p0, pd], np.uint64).tobytes())
+    got = np.frombuffer(memory.read(pd, 4 * n), np.float32)
+    big = float(np.finfo(np.float32).max)
+    for g, v in zip(got, x):
+        exact = Fraction(int(v)) if src != "f64" else Fraction(float(v))
+        if abs(exact) > Fraction(big):  # beyond the largest float: rz saturates, rm/rp by sign
+            over = {"rz": np.copysign(big, float(exact)),
+                    "rm": big if exact > 0 else -np.inf, "rp": np.inf if exact > 0 else -big}[mode]
+            assert g == np.float32(over)
+            continue
+        down_ok = Fraction(float(g)) <= exact and Fraction(float(np.nextafter(g, np.float32(np.inf)))) > exact
+        up_ok = Fraction(float(g)) >= exact and Fraction(float(np.nextafter(g, np.float32(-np.inf)))) < exact
+        if mode == "rm":
+            assert down_ok, (v, g)
+        elif mode == "rp":
+            assert up_ok, (v, g)
+        else:
+            assert (down_ok if exact >= 0 else up_ok), (v, g)

@@ -3,12 +3,14 @@
 `decode(instruction)` parses the opcode and operands once and returns a factory; the factory,
 given a `Frame`, binds the operands to that batch's register arrays and returns the function
 that runs the instruction: `run(m)`, where m is True (every thread active) or an `Active`.
-Arithmetic computes every lane and blends the active ones in; memory operations touch only the active threads'
-addresses, so an inactive thread can never fault. Anything not implemented raises `Unsupported`
-(cudaErrorNotSupported) naming the instruction, never a silent wrong answer.
+Arithmetic computes every lane and blends the active ones in; memory operations touch only the
+active threads' addresses, so an inactive thread can never fault. Anything not implemented raises
+`Unsupported` (cudaErrorNotSupported) naming the instruction, never a silent wrong answer.
 
-Deliberate approximations, each a later issue: `.approx` math is computed to full precision; `.ftz` does not flush subnormals. Directed
-rounding (.rz/.rm/.rp) of float arithmetic is refused rather than computed to nearest.
+Float arithmetic is correctly rounded, fma included, in every rounding mode (.rn, and .rz/.rm/.rp
+from the exact error of each operation; fma.f64 with .rz/.rm/.rp is refused). Deliberate
+approximations, each a later issue: `.approx` math is computed to full precision, and `.ftz`
+does not flush subnormals.
 """
 from __future__ import annotations
 
@@ -696,15 +698,25 @@ def _make_cvt(inst: Instruction, mods: list[str]) -> Factory:
             out = np.where(r >= hi_f, hi_v, out)
             return np.where(r <= lo_f, lo_v, out)
     elif at.kind != "f":  # int -> float
-        if frnd not in (None, "rn"):
-            raise Unsupported(f"instruction {inst.opcode} (rounding mode)")
-        fn = lambda x: np.asarray(x).astype(dt)  # noqa: E731
+        if frnd in (None, "rn"):
+            fn = lambda x: np.asarray(x).astype(dt)  # noqa: E731
+        else:
+            if np.finfo(np.longdouble).nmant < 63:
+                raise Unsupported(f"instruction {inst.opcode} on this host (no 64-bit long double)")
+
+            def fn(x):  # long double holds every 64-bit integer exactly: the error's sign is exact
+                r = np.asarray(x).astype(dt)
+                err = np.asarray(x).astype(np.longdouble) - r.astype(np.longdouble)
+                return _step_directed(r, np.sign(err).astype(np.float64), frnd, True)
     else:  # float -> float
         if irnd is not None:
             rnd = _FLOAT_TO_INT_ROUND[irnd]
             fn = lambda x: rnd(np.asarray(x)).astype(dt)  # noqa: E731
         elif dt.itemsize < at.itemsize and frnd not in (None, "rn"):
-            raise Unsupported(f"instruction {inst.opcode} (rounding mode)")
+            def fn(x):
+                x64 = np.asarray(x, np.float64)
+                r = x64.astype(dt)
+                return _step_directed(r, x64 - r.astype(np.float64), frnd, np.isfinite(x64))
         else:
             fn = lambda x: np.asarray(x).astype(dt)  # noqa: E731
         if sat:
@@ -1364,6 +1376,73 @@ def _make_trap(inst: Instruction, mods: list[str]) -> Factory:
     return lambda fr: run
 
 
+# -- directed rounding -------------------------------------------------------------------------------
+def _step_directed(r: np.ndarray, err: np.ndarray, mode: str, finite_inputs) -> np.ndarray:
+    """Turn the round-to-nearest result `r` into the rz/rm/rp one, given the sign of the exact
+    result minus `r` (`err`) and whether the inputs were finite (to undo overflow to infinity)."""
+    r = np.asarray(r)
+    err = np.where(np.isnan(err), 0.0, err)
+    if mode == "rz":
+        step = (err != 0) & (np.signbit(err) != np.signbit(r)) & (r != 0)
+        toward = np.zeros_like(r)
+    else:
+        step = err < 0 if mode == "rm" else err > 0
+        toward = np.full_like(r, -np.inf if mode == "rm" else np.inf)
+    out = np.where(step, np.nextafter(r, toward), r)
+    overflow = np.isinf(r) & finite_inputs
+    if np.any(overflow):
+        big = np.finfo(r.dtype).max
+        fixed = {"rz": np.copysign(big, r), "rm": np.where(r > 0, big, r),
+                 "rp": np.where(r < 0, -big, r)}[mode].astype(r.dtype)
+        out = np.where(overflow, fixed, out)
+    return out.astype(r.dtype)
+
+
+def _directed_parts(base: str, dt: np.dtype, args: list) -> tuple[np.ndarray, np.ndarray]:
+    """(round-to-nearest result, a value with the sign of exact - result) for one operation."""
+    x = [np.asarray(v, np.float64) for v in args]
+    f64 = dt == np.float64
+    if base in ("add", "sub"):
+        b = x[1] if base == "add" else -x[1]
+        if f64:
+            return _two_sum(x[0], b)
+        exact = x[0] + b
+    elif base == "mul":
+        if f64:
+            return _two_prod(x[0], x[1])
+        exact = x[0] * x[1]
+    elif base in ("fma", "mad"):
+        if f64:
+            raise Unsupported("fma.f64 with directed rounding")
+        s, e = _two_sum(x[0] * x[1], x[2])
+        r = _add_round_odd(x[0] * x[1], x[2]).astype(dt)
+        return r, (s - r.astype(np.float64)) + e
+    elif base in ("div", "rcp"):
+        num, den = (x[0], x[1]) if base == "div" else (np.ones_like(x[0]), x[0])
+        r = (num / den).astype(dt)
+        rem = _fma_f64(-r.astype(np.float64), den, num)  # exact remainder
+        return r, rem * np.sign(den)
+    else:  # sqrt
+        r = np.sqrt(x[0]).astype(dt)
+        return r, _fma_f64(-r.astype(np.float64), r.astype(np.float64), x[0])
+    r = exact.astype(dt)
+    return r, exact - r.astype(np.float64)
+
+
+def _make_directed(inst: Instruction, base: str, mode: str) -> Factory:
+    dt = _one_type(inst, inst.opcode.split(".")[1:])
+    if dt.kind != "f" or dt == np.float16:
+        raise Unsupported(f"instruction {inst.opcode} (directed rounding)")
+    nsrc = {"sqrt": 1, "rcp": 1, "fma": 3, "mad": 3}.get(base, 2)
+    _operands(inst, nsrc + 1)
+
+    def fn(*args):
+        r, err = _directed_parts(base, dt, list(args))
+        finite = np.logical_and.reduce([np.isfinite(np.asarray(a)) for a in args])
+        return _step_directed(r, err, mode, finite)
+    return _elementwise(inst, dt, fn)
+
+
 _MAKERS: dict[str, Callable[[Instruction, list[str]], Factory]] = {
     "add": _arith(np.add), "sub": _arith(np.subtract),
     "mul": _make_mul, "mad": _make_mad, "fma": _make_fma, "div": _make_div, "rem": _make_rem,
@@ -1399,10 +1478,9 @@ def decode(inst: Instruction) -> Factory:
     maker = _MAKERS.get(parts[0])
     if maker is None:
         raise Unsupported(f"instruction {inst.opcode} (line {inst.line})")
-    if parts[0] in _ROUNDED and _DIRECTED.intersection(parts):
-        raise Unsupported(f"instruction {inst.opcode} (directed rounding) (line {inst.line})")
+    directed = _DIRECTED.intersection(parts[1:]) if parts[0] in _ROUNDED else None
     try:
-        factory = maker(inst, parts[1:])
+        factory = _make_directed(inst, parts[0], directed.pop()) if directed else maker(inst, parts[1:])
     except Unsupported as e:
         raise Unsupported(f"{e.detail.removeprefix('the PTX emulator does not support ')} (line {inst.line})") from None
     if inst.guard is None:
