@@ -1,0 +1,377 @@
+"""The GPU backend: a real NVIDIA device through cuda.bindings (the driver API, and NVRTC for CUDA C).
+
+Created inside a guest's worker process, never in the daemon (a `cuInit` before fork breaks CUDA in
+the children). Each worker uses the device's primary context, so a faulting kernel breaks only this
+guest's process; `close()` resets it (cudaDeviceReset). Raw driver calls stay in this module, and
+every result passes through `check`, which turns a CUresult into the cudaError_t the runtime gives.
+The driver's current context is per thread: every entry point makes its context current first.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+
+import numpy as np
+from cuda.bindings import driver as cu
+from cuda.bindings import nvrtc
+
+from ...protocol._cuda_tables import DEVICE_ATTRIBUTES, ERRORS
+from ...protocol.errors import CudaError, Error
+from .base import (
+    EVENT_DISABLE_TIMING, MODULE_IMAGE, MODULE_SOURCE, Backend, Context, DeviceInfo, Event, Fence, Function,
+    Module, Stream,
+)
+
+# A CUresult has the number of the cudaError_t that the runtime reports for it wherever the runtime
+# has that number (checked against the generated table); the few the runtime lacks map here.
+_RUNTIME_CODES = frozenset(code for code, _, _ in ERRORS)
+_NO_RUNTIME_CODE = {227: Error.cudaErrorInsufficientDriver}  # CUDA_ERROR_INSUFFICIENT_LOADER_VERSION
+# Errors that leave the context unusable: every later call in it fails the same way.
+_STICKY = frozenset({214, 220, 226, 700, 702, 709, 710, 714, 715, 716, 717, 718, 719})
+
+_ELF_MAGIC, _FATBIN_MAGIC = b"\x7fELF", (0xBA55ED50).to_bytes(4, "little")
+_MAP_FLAGS = cu.CU_MEMHOSTREGISTER_DEVICEMAP | cu.CU_MEMHOSTREGISTER_PORTABLE
+
+_tls = threading.local()  # .ctx: the GpuContext made current in this thread
+
+
+def check(result: tuple):
+    """cuda.core's handle_return: the call's outputs, or the CudaError for its CUresult."""
+    err, *outs = result
+    if err != cu.CUresult.CUDA_SUCCESS:
+        raise _error(err)
+    return outs[0] if len(outs) == 1 else tuple(outs) if outs else None
+
+
+def _error(err: cu.CUresult) -> CudaError:
+    code = int(err)
+    ok, text = cu.cuGetErrorString(err)
+    known = ok == cu.CUresult.CUDA_SUCCESS and text
+    detail = f"{getattr(err, 'name', f'CUresult {code}')}: {text.decode() if known else 'driver error'}"
+    ctx = getattr(_tls, "ctx", None)
+    if code in _STICKY and ctx is not None:
+        ctx.break_with(code)
+    return CudaError(code if code in _RUNTIME_CODES else _NO_RUNTIME_CODE.get(code, Error.cudaErrorUnknown), detail)
+
+
+def _ready(result: tuple) -> bool:
+    """A query's answer: True when done, False while not ready; an error raises."""
+    if result[0] == cu.CUresult.CUDA_ERROR_NOT_READY:
+        return False
+    check(result)
+    return True
+
+
+def _address(buffer) -> tuple[int, int]:
+    """(address, size) of a host buffer, for the driver."""
+    array = np.frombuffer(buffer, np.uint8)
+    return array.ctypes.data, array.nbytes
+
+
+class GpuBackend(Backend):
+    name = "gpu"
+
+    def __init__(self) -> None:
+        check(cu.cuInit(0))
+        self._count: int = check(cu.cuDeviceGetCount())
+        self._info: dict[int, DeviceInfo] = {}
+
+    def device_count(self) -> int:
+        return self._count
+
+    def _device(self, ordinal: int) -> cu.CUdevice:
+        if not 0 <= ordinal < self._count:
+            raise CudaError(Error.cudaErrorInvalidDevice, f"device {ordinal} of {self._count}")
+        return check(cu.cuDeviceGet(ordinal))
+
+    def device_info(self, ordinal: int) -> DeviceInfo:
+        info = self._info.get(ordinal)
+        if info is None:
+            dev = self._device(ordinal)
+            attributes = {}
+            for code, name in DEVICE_ATTRIBUTES:  # CU_DEVICE_ATTRIBUTE numbers are the cudaDevAttr numbers
+                try:
+                    attributes[name] = check(cu.cuDeviceGetAttribute(cu.CUdevice_attribute(code), dev))
+                except (ValueError, CudaError):  # newer than these bindings or this driver
+                    pass
+            name = check(cu.cuDeviceGetName(256, dev)).split(b"\0", 1)[0].decode()
+            uuid = bytes(check(cu.cuDeviceGetUuid(dev)).bytes)
+            info = DeviceInfo(name, check(cu.cuDeviceTotalMem(dev)), attributes, uuid, self.name)
+            self._info[ordinal] = info
+        return info
+
+    def open_context(self, ordinal: int) -> "GpuContext":
+        attrs = self.device_info(ordinal).attributes
+        arch = f"sm_{attrs['cudaDevAttrComputeCapabilityMajor']}{attrs['cudaDevAttrComputeCapabilityMinor']}"
+        return GpuContext(self._device(ordinal), arch)
+
+
+class _EventFence(Fence):
+    """Done when its event has completed: cuEventSynchronize to wait (from a waiter thread), cuEventQuery to poll."""
+
+    def __init__(self, ctx: "GpuContext", event: cu.CUevent) -> None:
+        self._ctx, self._event = ctx, event
+
+    def wait(self) -> None:
+        self._ctx.enter()
+        check(cu.cuEventSynchronize(self._event))
+
+    def done(self) -> bool:
+        self._ctx.enter()
+        return _ready(cu.cuEventQuery(self._event))
+
+
+class _AllDone(Fence):
+    def __init__(self, fences: list[Fence]) -> None:
+        self._fences = fences
+
+    def wait(self) -> None:
+        for f in self._fences:
+            f.wait()
+
+    def done(self) -> bool:
+        return all(f.done() for f in self._fences)
+
+
+class GpuEvent(Event):
+    def __init__(self, ctx: "GpuContext", flags: int) -> None:
+        self._ctx = ctx
+        self.handle: cu.CUevent = check(cu.cuEventCreate(flags))  # CU_EVENT_* flags equal cudaEvent* flags
+
+    def query(self) -> bool:
+        self._ctx.enter()
+        return _ready(cu.cuEventQuery(self.handle))
+
+    def fence(self) -> Fence:
+        return _EventFence(self._ctx, self.handle)
+
+    def elapsed_ms(self, end: Event) -> float:
+        self._ctx.enter()
+        return check(cu.cuEventElapsedTime(self.handle, _event(end)))
+
+    def destroy(self) -> None:
+        self._ctx.enter()
+        check(cu.cuEventDestroy(self.handle))
+
+
+def _event(event: Event) -> cu.CUevent:
+    if not isinstance(event, GpuEvent):
+        raise CudaError(Error.cudaErrorInvalidResourceHandle, "not an event of this device")
+    return event.handle
+
+
+class GpuFunction(Function):
+    def __init__(self, name: str, handle: cu.CUfunction) -> None:
+        self.name = name
+        self.handle = handle
+        self.param_layout = _param_layout(handle)
+        self.offsets = np.array([off for off, _ in self.param_layout], dtype=np.uint64)
+
+
+def _param_layout(function: cu.CUfunction) -> list[tuple[int, int]]:
+    """(offset, size) per parameter: the driver answers for index 0, 1, ... until there is no such parameter."""
+    layout: list[tuple[int, int]] = []
+    while True:
+        result = cu.cuFuncGetParamInfo(function, len(layout))
+        if result[0] == cu.CUresult.CUDA_ERROR_INVALID_VALUE:
+            return layout
+        offset, size = check(result)
+        layout.append((int(offset), int(size)))
+
+
+class GpuStream(Stream):
+    def __init__(self, ctx: "GpuContext", handle: cu.CUstream) -> None:
+        self._ctx = ctx
+        self.handle = handle
+
+    def copy_htod(self, dst: int, src: memoryview) -> None:
+        self._ctx.enter()
+        address, size = _address(src)
+        check(cu.cuMemcpyHtoDAsync(dst, address, size, self.handle))
+
+    def copy_dtoh(self, dst: memoryview, src: int) -> None:
+        self._ctx.enter()
+        address, size = _address(dst)
+        check(cu.cuMemcpyDtoHAsync(address, src, size, self.handle))
+
+    def copy_dtod(self, dst: int, src: int, size: int) -> None:
+        self._ctx.enter()
+        check(cu.cuMemcpyDtoDAsync(dst, src, size, self.handle))
+
+    def memset(self, ptr: int, value: int, element_size: int, count: int) -> None:
+        fill = {1: cu.cuMemsetD8Async, 2: cu.cuMemsetD16Async, 4: cu.cuMemsetD32Async}.get(element_size)
+        if fill is None:
+            raise CudaError(Error.cudaErrorInvalidValue, f"memset element size {element_size}")
+        self._ctx.enter()
+        check(fill(ptr, value & ((1 << (8 * element_size)) - 1), count, self.handle))
+
+    def launch(self, function: Function, grid, block, shared_bytes: int, params: bytes) -> None:
+        if not isinstance(function, GpuFunction):
+            raise CudaError(Error.cudaErrorInvalidResourceHandle, "not a function of this device")
+        self._ctx.enter()
+        block_bytes = np.frombuffer(params, np.uint8)  # the driver copies the values before cuLaunchKernel returns
+        pointers = function.offsets + np.uint64(block_bytes.ctypes.data)
+        kernel_params = pointers.ctypes.data if len(pointers) else 0
+        check(cu.cuLaunchKernel(function.handle, *grid, *block, shared_bytes, self.handle, kernel_params, 0))
+
+    def record(self, event: Event) -> None:
+        self._ctx.enter()
+        check(cu.cuEventRecord(_event(event), self.handle))
+
+    def wait_event(self, event: Event) -> None:
+        self._ctx.enter()
+        check(cu.cuStreamWaitEvent(self.handle, _event(event), 0))
+
+    def fence(self) -> Fence:
+        return self._ctx.fence_on(self.handle)
+
+    def destroy(self) -> None:
+        self._ctx.enter()
+        self._ctx.streams.discard(self)
+        check(cu.cuStreamDestroy(self.handle))  # the driver frees it once its work has run
+
+
+class GpuModule(Module):
+    def __init__(self, ctx: "GpuContext", handle: cu.CUmodule) -> None:
+        self._ctx, self.handle = ctx, handle
+
+    def function(self, name: str) -> Function:
+        self._ctx.enter()
+        handle = check(cu.cuModuleGetFunction(self.handle, name.encode()))
+        check(cu.cuFuncLoad(handle))  # lazy loading is the default: parameter info needs the function loaded
+        return GpuFunction(name, handle)
+
+    def global_symbol(self, name: str) -> tuple[int, int]:
+        self._ctx.enter()
+        result = cu.cuModuleGetGlobal(self.handle, name.encode())
+        if result[0] == cu.CUresult.CUDA_ERROR_NOT_FOUND:  # what cudaGetSymbolAddress says
+            raise CudaError(Error.cudaErrorInvalidSymbol, f"no __device__ or __constant__ variable {name!r} in the module")
+        ptr, size = check(result)
+        return int(ptr), int(size)
+
+    def unload(self) -> None:
+        self._ctx.enter()
+        check(cu.cuModuleUnload(self.handle))
+
+
+def _nvrtc_check(result: tuple):
+    err, *outs = result
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        raise CudaError(Error.cudaErrorInvalidSource, f"NVRTC: {err.name}")
+    return outs[0] if outs else None
+
+
+def compile_source(source: bytes, arch: str) -> tuple[bytes, str]:
+    """CUDA C to a cubin for `arch` (machine code: no PTX for the driver to reject), and the compile log."""
+    program = _nvrtc_check(nvrtc.nvrtcCreateProgram(source, b"qcuda_module.cu", 0, [], []))
+    try:
+        options = [f"--gpu-architecture={arch}".encode()]
+        compiled = nvrtc.nvrtcCompileProgram(program, len(options), options)[0]
+        log = b" " * _nvrtc_check(nvrtc.nvrtcGetProgramLogSize(program))
+        _nvrtc_check(nvrtc.nvrtcGetProgramLog(program, log))
+        text = log.rstrip(b"\0").decode(errors="replace").strip()
+        if compiled != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            raise CudaError(Error.cudaErrorInvalidSource, f"NVRTC could not compile the module ({compiled.name}):\n{text}")
+        cubin = b" " * _nvrtc_check(nvrtc.nvrtcGetCUBINSize(program))
+        _nvrtc_check(nvrtc.nvrtcGetCUBIN(program, cubin))
+        return cubin, text
+    finally:
+        nvrtc.nvrtcDestroyProgram(program)
+
+
+class GpuContext(Context):
+    """One guest's primary context on one device."""
+
+    def __init__(self, device: cu.CUdevice, arch: str) -> None:
+        self._device = device
+        self.arch = arch
+        self.handle: cu.CUcontext = check(cu.cuDevicePrimaryCtxRetain(device))
+        self._sticky = 0
+        self._spare_events: list[cu.CUevent] = []
+        self._host: list[int] = []
+        self.streams: set[GpuStream] = set()
+        self.enter()
+        self.default_stream = GpuStream(self, cu.CUstream(cu.CU_STREAM_LEGACY))
+
+    def enter(self) -> None:
+        """Make this context current in the calling thread (waiter threads call the driver too)."""
+        if getattr(_tls, "ctx", None) is not self:
+            check(cu.cuCtxSetCurrent(self.handle))
+            _tls.ctx = self
+
+    def break_with(self, code: int) -> None:
+        if not self._sticky:
+            self._sticky = code
+
+    def sticky_error(self) -> int:
+        return self._sticky
+
+    def fence_on(self, stream: cu.CUstream) -> Fence:
+        """Record a timing-free event on `stream`; the event goes back to a spare list once the fence is dropped."""
+        self.enter()
+        try:
+            event = self._spare_events.pop()
+        except IndexError:
+            event = check(cu.cuEventCreate(EVENT_DISABLE_TIMING))
+        check(cu.cuEventRecord(event, stream))
+        fence = _EventFence(self, event)
+        weakref.finalize(fence, self._spare_events.append, event)
+        return fence
+
+    # -- Context ---------------------------------------------------------------------------
+    def alloc(self, size: int) -> int:
+        self.enter()
+        return int(check(cu.cuMemAlloc(max(size, 1))))  # cudaMalloc(0) still gives a distinct pointer
+
+    def free(self, ptr: int) -> None:
+        self.enter()
+        check(cu.cuMemFree(ptr))
+
+    def mem_info(self) -> tuple[int, int]:
+        self.enter()
+        free, total = check(cu.cuMemGetInfo())
+        return int(free), int(total)
+
+    def map_host(self, buffer) -> int:
+        """Page-lock the channel arena and map it for the GPU: copies DMA straight from guest-visible memory."""
+        self.enter()
+        address, size = _address(buffer)
+        result = cu.cuMemHostRegister(address, size, _MAP_FLAGS)
+        if result[0] != cu.CUresult.CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED:  # portable: kept across a reset
+            check(result)
+            self._host.append(address)
+        return int(check(cu.cuMemHostGetDevicePointer(address, 0)))
+
+    def create_stream(self, flags: int, priority: int) -> Stream:
+        self.enter()
+        stream = GpuStream(self, check(cu.cuStreamCreateWithPriority(flags, priority)))  # flags as cudaStream*
+        self.streams.add(stream)
+        return stream
+
+    def create_event(self, flags: int) -> Event:
+        self.enter()
+        return GpuEvent(self, flags)
+
+    def load_module(self, image: bytes, kind: int) -> tuple[Module, str]:
+        log = ""
+        if kind == MODULE_SOURCE:
+            image, log = compile_source(image, self.arch)
+        elif kind != MODULE_IMAGE:
+            raise CudaError(Error.cudaErrorInvalidValue, f"unknown module kind {kind}")
+        elif not image.startswith((_ELF_MAGIC, _FATBIN_MAGIC)):
+            image = image.rstrip(b"\0") + b"\0"  # PTX text: the driver reads up to a NUL
+        self.enter()
+        return GpuModule(self, check(cu.cuModuleLoadData(image))), log
+
+    def synchronize_fence(self) -> Fence:
+        return _AllDone([s.fence() for s in (self.default_stream, *self.streams)])
+
+    def close(self) -> None:
+        """Reset the primary context: frees its memory, streams, events and modules at once, also after a fault."""
+        cu.cuCtxSetCurrent(self.handle)
+        for address in self._host:
+            cu.cuMemHostUnregister(address)  # fails after a fault; the reset frees it then
+        self._host.clear()
+        _tls.ctx = None
+        check(cu.cuDevicePrimaryCtxReset(self._device))
+        check(cu.cuDevicePrimaryCtxRelease(self._device))
