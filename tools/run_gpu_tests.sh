@@ -32,16 +32,16 @@ print('nvrtc', nvrtc.nvrtcVersion()[1:], 'driver', driver.cuDriverGetVersion()[1
 } >"$OUT/env.txt" 2>&1
 
 basetemp=/tmp/qcuda-pytest
-step pytest env QCUDA_TEST_BACKEND=gpu timeout 420 python3 -m pytest -v -rs --basetemp="$basetemp" \
+step pytest env QCUDA_TEST_BACKEND=gpu timeout 360 python3 -m pytest -v -rs --basetemp="$basetemp" \
     tests/gpu $(ls tests/test_*.py 2>/dev/null) >"$OUT/pytest.log" 2>&1
 cat "$basetemp"/*/*.log >"$OUT/daemons.log" 2>/dev/null
 
 {
     step probe python3 -c "from qcuda.device.daemon import choose_backend; c = choose_backend('auto'); print(c.name, '-', c.reason); assert c.name == 'gpu'"
-    step demo timeout 120 python3 -m qcuda demo
+    step demo timeout 90 python3 -m qcuda demo
 } >"$OUT/cli.log" 2>&1
 
-step bench timeout 240 python3 bench/copy_bandwidth.py --json "$OUT/bench.json" >"$OUT/bench.log" 2>&1
+step bench timeout 120 python3 bench/copy_bandwidth.py --json "$OUT/bench.json" >"$OUT/bench.log" 2>&1
 
 tail -n 3 "$OUT/pytest.log"
 cat "$OUT/cli.log" "$OUT/bench.log"
