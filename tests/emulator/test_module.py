@@ -342,3 +342,11 @@ def test_atomic_scans_match_a_serial_loop():
     swap = np.array([1, 2, 9, 3, 8, 6, 5])
     old, final = _cas_update(np.array([0, 7]), compare, swap, np.array([0, 4]), np.array([4, 3]))
     assert list(old) == [0, 1, 2, 2, 7, 8, 8] and list(final) == [3, 8]
+
+
+def test_time_limit_stops_an_endless_kernel(emu):
+    k = emu.load(_ptx_kernel("$spin:\n\tbra.uni $spin;")).functions["k"]
+    k.time_limit = 0.2
+    with pytest.raises(CudaError) as e:
+        k.launch((1, 1, 1), (32, 1, 1), 0, b"")
+    assert e.value.code == Error.cudaErrorLaunchTimeout

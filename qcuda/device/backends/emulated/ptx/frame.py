@@ -266,7 +266,7 @@ class Frame:
                 if m is True:
                     view[...] = values
                 else:
-                    view[m.mask] = values
+                    view[m.mask if m.index is None else m.index] = values
             return put
         store = self.regs[op.name]
         target = store.view(int_like(store.dtype, dt.kind == "i"))
@@ -276,7 +276,7 @@ class Frame:
             if m is True:
                 target[...] = values
             else:
-                target[m.mask] = values
+                target[m.mask if m.index is None else m.index] = values
         return put_ext
 
     def address(self, op: Addr) -> Getter:

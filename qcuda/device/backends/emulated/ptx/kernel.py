@@ -9,10 +9,15 @@ paths reach, a loop runs until its last thread leaves it, and a thread never pas
 (a `bar.sync`) while another thread of the batch still has to reach it: barriers need no code.
 Blocks of a batch never interact except through memory, where CUDA gives no ordering anyway.
 While no thread has diverged, the active set is the constant True and costs nothing.
+
+The one thing min-PC cannot run is a thread spinning until a thread at a later point of the
+program (in another block or warp) writes a flag: the spinning thread always goes first, so the
+launch never ends. CUDA does not promise such code works either; `Kernel.time_limit` bounds it.
 """
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -55,6 +60,7 @@ class Kernel:
         self.memory = memory
         self.regs: dict[str, str] = {}
         self.output: Callable[[str], object] = _print  # where device printf goes; the backend may redirect
+        self.time_limit: float | None = None  # seconds a launch may run before cudaErrorLaunchTimeout
         self.error: CudaError | None = None
         try:
             fn = expand_calls(fn, functions)
@@ -199,6 +205,7 @@ class Kernel:
         per_batch = max(1, batch_threads // tpb)
         param_bytes = np.frombuffer(bytes(params[:self.param_size]) + bytes(16), dtype=np.uint8)
         frames: dict[int, tuple[Frame, list]] = {}
+        deadline = time.monotonic() + self.time_limit if self.time_limit is not None else None
         with np.errstate(all="ignore"):
             for first in range(0, nblocks, per_batch):
                 count = min(per_batch, nblocks - first)
@@ -207,7 +214,7 @@ class Kernel:
                     frames[count] = (frame, self._bind(frame))
                 frame, bound = frames[count]
                 frame.start(first)
-                self._run(frame, bound)
+                self._run(frame, bound, deadline)
 
     def _bind(self, frame: Frame) -> list:
         bound = []
@@ -222,13 +229,16 @@ class Kernel:
             bound.append((runs, blk, pred))
         return bound
 
-    def _run(self, frame: Frame, bound: list) -> None:
+    def _run(self, frame: Frame, bound: list, deadline: float | None) -> None:
         """Min-PC scheduling over basic blocks (see the module docstring)."""
         n = frame.n
         exit_index = len(bound)
         nxt = np.zeros(n, dtype=np.int32)
         cur, m = 0, True
         while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise CudaError(Error.cudaErrorLaunchTimeout,
+                                f"kernel {self.name} ran longer than its {self.time_limit} s limit")
             runs, blk, pred = bound[cur]
             i = 0
             try:
