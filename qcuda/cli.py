@@ -42,20 +42,25 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--listen", "listen", type=UrlType(), multiple=True, help="shm://NAME (default shm://qcuda).")
+@click.option("--listen", "listen", type=UrlType(), multiple=True,
+              help="shm://NAME or tcp://HOST:PORT, repeatable (default shm://qcuda).")
 @click.option("--backend", type=click.Choice(["auto", "gpu", "emulated"]), default="auto", show_default=True)
 @click.option("--emulated-devices", default=1, show_default=True, help="Devices the emulated backend offers.")
 @click.option("--emulated-memory", default="4G", show_default=True, help="Memory of each emulated device.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False),
+              help="Access token TCP guests must present (or set QCUDA_TOKEN); required off loopback.")
 @click.option("--print-capabilities", is_flag=True, help="Print what this daemon supports as JSON and exit.")
-def serve(listen, backend, emulated_devices, emulated_memory, print_capabilities) -> None:
+def serve(listen, backend, emulated_devices, emulated_memory, token_file, print_capabilities) -> None:
     """Serve guests until SIGTERM."""
     if print_capabilities:
-        click.echo(json.dumps({"protocol": VERSION, "transports": ["shm"], "backends": ["gpu", "emulated"]}))
+        click.echo(json.dumps({"protocol": VERSION, "transports": ["shm", "tcp"], "backends": ["gpu", "emulated"]}))
         return
     from .device.daemon import Daemon, choose_backend
 
+    token = open(token_file, "rb").read().strip() if token_file else os.environ.get("QCUDA_TOKEN", "").encode()
     choice = choose_backend(backend, emulated_devices, _size(emulated_memory))
-    daemon = Daemon(list(listen) or [default()], choice, log=lambda line: print(line, file=sys.stderr, flush=True))
+    daemon = Daemon(list(listen) or [default()], choice, log=lambda line: print(line, file=sys.stderr, flush=True),
+                    token=token)
     daemon.listen()
     daemon.serve_forever()
 
@@ -113,9 +118,9 @@ def status(device) -> None:
     click.echo(f"daemon {info['daemon_pid']} on {', '.join(info['listen'])}: backend {info['backend']}, "
                f"{len(info['sessions'])} session(s), {info['memory']} bytes of device memory in use")
     if info["sessions"]:
-        click.echo(f"{'SESSION':>7} {'GUEST PID':>9} {'UID':>5} {'WORKER':>7} {'MEMORY':>12} {'ALLOCS':>6} {'CALLS':>8}  AGE")
+        click.echo(f"{'SESSION':>7} {'GUEST':>21} {'UID':>5} {'WORKER':>7} {'MEMORY':>12} {'ALLOCS':>6} {'CALLS':>8}  AGE")
         for s in info["sessions"]:
-            click.echo(f"{s['session']:>7} {s['guest_pid']:>9} {s['uid']:>5} {s['worker_pid']:>7} {s['memory']:>12} "
+            click.echo(f"{s['session']:>7} {s['peer']:>21} {s['uid']:>5} {s['worker_pid']:>7} {s['memory']:>12} "
                        f"{s['allocations']:>6} {s['calls']:>8}  {s['seconds']}s")
 
 

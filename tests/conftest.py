@@ -34,12 +34,14 @@ class DaemonProcess:
     def __init__(self, runtime_dir: Path, backend: str = BACKEND, extra: tuple[str, ...] = ()) -> None:
         self.name = f"test-{uuid.uuid4().hex[:8]}"
         self.url = f"shm://{self.name}"
+        self.tcp_url = f"tcp://127.0.0.1:{free_port()}"
         self.runtime_dir = runtime_dir
         self.env = dict(os.environ, QCUDA_RUNTIME_DIR=str(runtime_dir), PYTHONUNBUFFERED="1")
         self.log_path = runtime_dir / f"{self.name}.log"
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "qcuda", "serve", "--listen", self.url, "--backend", backend, *extra],
+            [sys.executable, "-m", "qcuda", "serve", "--listen", self.url, "--listen", self.tcp_url,
+             "--backend", backend, *extra],
             env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
         )
         self.socket_path = runtime_dir / f"{self.name}.sock"
@@ -90,6 +92,12 @@ class DaemonProcess:
         self._log.close()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def runtime_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("qcuda-runtime")
@@ -111,13 +119,13 @@ def fresh_daemon(runtime_dir):
     d.stop()
 
 
-@pytest.fixture
-def guest(daemon, monkeypatch):
-    """This test process as a guest of `daemon`: the qcuda module, connected."""
+@pytest.fixture(params=["shm", "tcp"])
+def guest(daemon, monkeypatch, request):
+    """This test process as a guest of `daemon`, over each channel: the qcuda module, connected."""
     import qcuda
 
     monkeypatch.setenv("QCUDA_RUNTIME_DIR", str(daemon.runtime_dir))
-    monkeypatch.setenv("QCUDA_DEVICE", daemon.url)
+    monkeypatch.setenv("QCUDA_DEVICE", daemon.url if request.param == "shm" else daemon.tcp_url)
     qcuda.reset_runtime()
     yield qcuda
     qcuda.reset_runtime()

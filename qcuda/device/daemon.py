@@ -7,6 +7,8 @@ daemonize itself and exits cleanly on SIGTERM: let systemd or the caller supervi
 from __future__ import annotations
 
 import array
+import hmac
+import ipaddress
 import json
 import mmap
 import os
@@ -21,22 +23,23 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..protocol import messages as m
-from ..protocol.codec import VERSION, Frame, decode, encode, encode_error
+from ..protocol.codec import VERSION, Frame, FrameReader, Malformed, decode, encode, encode_error
 from ..protocol.errors import Error, VersionMismatch
 from ..protocol.urls import DeviceUrl
 from .backends.base import Backend
-from .worker import STATS, run_shm_guest
+from .worker import STATS, run_shm_guest, run_tcp_guest
 
 HELLO_FDS = 3  # region, host doorbell, guest doorbell
 HELLO_TIMEOUT = 5.0
+HELLO_MAX = 1 << 16
 
 
 @dataclass
 class SessionRecord:
     id: int
     pid: int  # the worker process
-    guest_pid: int
-    uid: int
+    peer: str  # a local guest's pid, or a remote guest's address
+    uid: int  # -1 for remote guests
     started: float
     stats: mmap.mmap
     transport: str
@@ -44,7 +47,7 @@ class SessionRecord:
     def to_json(self) -> dict:
         memory, calls, allocations, serving = STATS.unpack_from(self.stats, 0)
         return {
-            "session": self.id, "worker_pid": self.pid, "guest_pid": self.guest_pid, "uid": self.uid,
+            "session": self.id, "worker_pid": self.pid, "peer": self.peer, "uid": self.uid,
             "transport": self.transport, "memory": memory, "allocations": allocations, "calls": calls,
             "serving": bool(serving), "seconds": round(time.time() - self.started, 1),
         }
@@ -57,6 +60,7 @@ class _Pending:
     conn: socket.socket
     url: DeviceUrl
     deadline: float
+    reader: FrameReader = field(default_factory=lambda: FrameReader(HELLO_MAX))
 
 
 @dataclass
@@ -86,7 +90,9 @@ def probe_gpu() -> tuple[bool, str]:
     if out.returncode == 0:
         return True, f"{out.stdout.strip()} GPU(s) found"
     last = (out.stderr.strip().splitlines() or ["unknown failure"])[-1]
-    return False, last.replace("AssertionError: ", "").replace("ModuleNotFoundError: ", "")
+    if "DynamicLibNotFoundError" in last or "libcuda" in last:
+        return False, "no NVIDIA driver (libcuda.so.1) on this machine"
+    return False, last.replace("AssertionError: ", "").replace("ModuleNotFoundError: ", "")[:200]
 
 
 def choose_backend(kind: str, emulated_devices: int = 1, emulated_memory: int = 4 << 30) -> BackendChoice:
@@ -102,6 +108,10 @@ def choose_backend(kind: str, emulated_devices: int = 1, emulated_memory: int = 
 
         return GpuBackend()
 
+    try:
+        emulated()  # checks the options now, in the daemon, rather than in every worker
+    except ValueError as exc:
+        raise SystemExit(f"qcuda serve: {exc}") from None
     if kind == "emulated":
         return BackendChoice("emulated", emulated, "asked for")
     ok, why = probe_gpu()
@@ -115,10 +125,11 @@ def choose_backend(kind: str, emulated_devices: int = 1, emulated_memory: int = 
 
 
 class Daemon:
-    def __init__(self, urls: list[DeviceUrl], backend: BackendChoice, log=print) -> None:
+    def __init__(self, urls: list[DeviceUrl], backend: BackendChoice, log=print, token: bytes | None = None) -> None:
         self.urls = urls
         self.backend = backend
         self.log = log
+        self.token = token or None
         self.sessions: dict[int, SessionRecord] = {}
         self._next_session = 1
         self._selector = selectors.DefaultSelector()
@@ -144,11 +155,30 @@ class Daemon:
                 sock.bind(str(path))
                 os.chmod(path, 0o666)  # any local user may connect; SO_PEERCRED says who did
             else:
-                raise SystemExit(f"qcuda serve: {url.scheme}:// listening is not available in this build")
+                sock = self._tcp_listener(url)
             sock.listen(128)
             sock.setblocking(False)
             self._listeners.append((sock, url))
             self._selector.register(sock, selectors.EVENT_READ, ("listen", url))
+
+    def _tcp_listener(self, url: DeviceUrl) -> socket.socket:
+        """Loopback by default; any other address only with an access token that guests must present."""
+        try:
+            infos = socket.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise SystemExit(f"qcuda serve: cannot resolve {url.host}: {exc.strerror}") from None
+        family, _, _, _, address = infos[0]
+        ip = ipaddress.ip_address(address[0])
+        if not ip.is_loopback and self.token is None:
+            raise SystemExit(f"qcuda serve: refusing to listen on {url} (not loopback) without an access token: "
+                             "set QCUDA_TOKEN or --token-file, and give guests the same token")
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise SystemExit(f"qcuda serve: cannot listen on {url}: {exc.strerror}") from None
+        return sock
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT."""
@@ -223,6 +253,9 @@ class Daemon:
         pending = self._pending.get(conn)
         if pending is None:
             return
+        if pending.url.scheme == "tcp":
+            self._tcp_hello(conn, pending)
+            return
         fds = array.array("i")
         try:
             data, ancdata, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(HELLO_FDS * fds.itemsize))
@@ -241,17 +274,40 @@ class Daemon:
             for fd in fd_list:
                 os.close(fd)
 
-    def _handle_hello(self, conn: socket.socket, url: DeviceUrl, data: bytes, fds: list[int]) -> None:
+    def _tcp_hello(self, conn: socket.socket, pending: _Pending) -> None:
+        try:
+            data = conn.recv(HELLO_MAX)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
         if not data:
             self._drop(conn)
             return
-        frame = decode(data)
+        pending.reader.feed(data)
+        frame = pending.reader.next()
+        if frame is None:
+            return
+        if isinstance(frame, Malformed):
+            self._send_and_drop(conn, encode_error(m.Cmd.HELLO, frame.request_id or 0, Error.cudaErrorInvalidValue,
+                                                   f"malformed hello: {frame.reason}"))
+            return
+        self._handle_hello(conn, pending.url, frame, [])
+
+    def _handle_hello(self, conn: socket.socket, url: DeviceUrl, data: bytes | Frame, fds: list[int]) -> None:
+        if not data:
+            self._drop(conn)
+            return
+        frame = data if isinstance(data, Frame) else decode(data)
         refusal = self._check_hello(frame)
         if refusal is not None:
             request_id = frame.request_id if isinstance(frame, Frame) else 0
             self._send_and_drop(conn, encode_error(m.Cmd.HELLO, request_id or 0, refusal[0], refusal[1]))
             return
         assert isinstance(frame, Frame) and isinstance(frame.message, m.Hello)
+        if url.scheme == "tcp":
+            self._admit_remote(conn, url, frame)
+            return
         pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         if frame.message.kind == m.Kind.CONTROL:
             self._control(conn, frame, uid)
@@ -261,7 +317,23 @@ class Daemon:
                 m.Cmd.HELLO, frame.request_id, Error.cudaErrorInvalidValue,
                 f"a guest hello carries {HELLO_FDS} file descriptors (region, two doorbells), got {len(fds)}"))
             return
-        self._start_worker(conn, url, frame, fds, pid, uid)
+        self._start_worker(conn, url, frame, fds, str(pid), uid)
+
+    def _admit_remote(self, conn: socket.socket, url: DeviceUrl, hello: Frame) -> None:
+        """A TCP guest: the token (when one is set) decides; operators use the local socket only."""
+        assert isinstance(hello.message, m.Hello)
+        host, port = conn.getpeername()[:2]
+        peer = f"{host}:{port}"
+        if hello.message.kind != m.Kind.GUEST:
+            self._send_and_drop(conn, encode_error(m.Cmd.HELLO, hello.request_id, Error.cudaErrorNotPermitted,
+                                                   "control requests are accepted on the daemon's Unix socket only"))
+            return
+        if self.token is not None and not hmac.compare_digest(self.token, hello.message.token):
+            self.log(f"refused guest {peer} on {url}: {'no' if not hello.message.token else 'wrong'} access token")
+            self._send_and_drop(conn, encode_error(m.Cmd.HELLO, hello.request_id, Error.cudaErrorNotPermitted,
+                                                   "access token missing or wrong (set QCUDA_TOKEN)"))
+            return
+        self._start_worker(conn, url, hello, [], peer, -1)
 
     def _check_hello(self, frame) -> tuple[int, str] | None:
         if not isinstance(frame, Frame):
@@ -286,7 +358,7 @@ class Daemon:
         self._drop(conn)
 
     # -- guests -----------------------------------------------------------------------------
-    def _start_worker(self, conn, url: DeviceUrl, hello: Frame, fds: list[int], pid: int, uid: int) -> None:
+    def _start_worker(self, conn, url: DeviceUrl, hello: Frame, fds: list[int], peer: str, uid: int) -> None:
         session_id = self._next_session
         self._next_session += 1
         stats = mmap.mmap(-1, STATS.size)
@@ -304,7 +376,10 @@ class Daemon:
                     other.close()
                 self._selector.close()
                 conn.setblocking(True)
-                run_shm_guest(conn, hello, fds, self.backend.make, session_id, stats)
+                if url.scheme == "tcp":
+                    run_tcp_guest(conn, hello, self.backend.make, session_id, stats)
+                else:
+                    run_shm_guest(conn, hello, fds, self.backend.make, session_id, stats)
             except BaseException:
                 import traceback
 
@@ -313,8 +388,8 @@ class Daemon:
             finally:
                 os._exit(code)
         conn.close()
-        self.sessions[session_id] = SessionRecord(session_id, worker, pid, uid, time.time(), stats, url.scheme)
-        self.log(f"session {session_id}: guest pid {pid} uid {uid} on {url}, worker {worker}")
+        self.sessions[session_id] = SessionRecord(session_id, worker, peer, uid, time.time(), stats, url.scheme)
+        self.log(f"session {session_id}: guest {peer} on {url}, worker {worker}")
 
     def _reap(self) -> None:
         while True:
@@ -343,7 +418,7 @@ class Daemon:
         conn.setblocking(True)
         conn.settimeout(2.0)
         try:
-            conn.sendall(encode(m.HelloReply(VERSION, 0, 0, 0), hello.request_id))
+            conn.sendall(encode(m.HelloReply(VERSION, 0, 0, 0, 0), hello.request_id))
             data = conn.recv(1 << 16)
             frame = decode(data)
             if isinstance(frame, Frame) and isinstance(frame.message, m.ControlStatus):

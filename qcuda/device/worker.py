@@ -19,6 +19,7 @@ from ..protocol.errors import CudaError, Error, RemoteProtocolError
 from .backends.base import Backend
 from .session import Session
 from .shm import HostChannel, map_region
+from .tcp import TcpHostChannel
 
 STATS = struct.Struct("<QQQQ")  # memory in use, calls, allocations, state (1 = serving)
 EOF_CHECK_SECONDS = 0.02
@@ -42,7 +43,7 @@ def run_shm_guest(
         channel = HostChannel(region, geometry, fds[1], fds[2])
         backend = make_backend()
         session = Session(backend, channel.arena, channel.post)
-        conn.sendall(encode(m.HelloReply(VERSION, 0, session_id, backend.device_count()), hello.request_id))
+        conn.sendall(encode(m.HelloReply(VERSION, 0, session_id, backend.device_count(), 0), hello.request_id))
     except (RemoteProtocolError, OSError, CudaError) as exc:
         code = exc.code if isinstance(exc, CudaError) else Error.cudaErrorInvalidValue
         _refuse(conn, hello, code, str(exc))
@@ -50,6 +51,35 @@ def run_shm_guest(
     publish(stats_buf, session, True)
     try:
         _loop(conn, channel, session, stats_buf)
+    finally:
+        channel.closed = True
+        session.close()
+        publish(stats_buf, session, False)
+
+
+def run_tcp_guest(
+    conn: socket.socket, hello: Frame, make_backend: Callable[[], Backend], session_id: int, stats_buf,
+) -> None:
+    """Serve one guest over TCP until it leaves; never raises."""
+    channel = TcpHostChannel(conn)
+    try:
+        backend = make_backend()
+        session = Session(backend, channel.arena, channel.post)
+        conn.sendall(encode(m.HelloReply(VERSION, 0, session_id, backend.device_count(), len(channel.arena)),
+                            hello.request_id))
+    except (OSError, CudaError) as exc:
+        _refuse(conn, hello, exc.code if isinstance(exc, CudaError) else Error.cudaErrorUnknown, str(exc))
+        return
+    publish(stats_buf, session, True)
+    try:
+        while (data := channel.receive()) is not None:
+            if isinstance(data, Malformed):
+                _say(f"session {session_id}: guest sent an unreadable stream ({data.reason}); ending the session")
+                channel.post(encode(m.DeferredError(0, Error.cudaErrorInvalidValue, f"malformed stream: {data.reason}"),
+                                    flags=m.Flags.HOST_MESSAGE))
+                return
+            _dispatch(data, channel.post, session, channel.serve_arena)
+            publish(stats_buf, session, True)
     finally:
         channel.closed = True
         session.close()
@@ -64,11 +94,11 @@ def _loop(conn: socket.socket, channel: HostChannel, session: Session, stats_buf
         try:
             data = channel.receive()
         except RemoteProtocolError as exc:
-            _say(f"session {session.stats}: guest corrupted its channel ({exc}); ending the session")
+            _say(f"guest corrupted its channel ({exc}); ending its session")
             return
         now = time.perf_counter()
         if data is not None:
-            _dispatch(data, channel, session)
+            _dispatch(data, channel.post, session)
             idle_since = now
             if now - last_eof_check > EOF_CHECK_SECONDS:
                 last_eof_check = now
@@ -81,21 +111,25 @@ def _loop(conn: socket.socket, channel: HostChannel, session: Session, stats_buf
             return
 
 
-def _dispatch(data: bytes, channel: HostChannel, session: Session) -> None:
+def _dispatch(data: bytes, post: Callable[[bytes], None], session: Session,
+              transport: Callable[[Frame], bool] | None = None) -> None:
+    """Decode one request and hand it to the transport (arena traffic) or the session."""
     frame = decode(data)
     if isinstance(frame, Malformed):
         if frame.request_id is not None:
-            channel.post(encode_error(frame.command or 0, frame.request_id, Error.cudaErrorInvalidValue,
-                                      f"malformed request: {frame.reason}"))
+            post(encode_error(frame.command or 0, frame.request_id, Error.cudaErrorInvalidValue,
+                              f"malformed request: {frame.reason}"))
         else:
-            channel.post(encode(m.DeferredError(0, Error.cudaErrorInvalidValue, f"malformed request: {frame.reason}"),
-                                flags=m.Flags.HOST_MESSAGE))
+            post(encode(m.DeferredError(0, Error.cudaErrorInvalidValue, f"malformed request: {frame.reason}"),
+                        flags=m.Flags.HOST_MESSAGE))
         return
     if frame.is_reply:
-        channel.post(encode_error(frame.command, frame.request_id, Error.cudaErrorInvalidValue, "a guest sent a reply"))
+        post(encode_error(frame.command, frame.request_id, Error.cudaErrorInvalidValue, "a guest sent a reply"))
         return
     if isinstance(frame.message, m.Goodbye):
-        channel.post(encode(m.Empty(), frame.request_id, command=frame.command))
+        post(encode(m.Empty(), frame.request_id, command=frame.command))
+        return
+    if transport is not None and transport(frame):
         return
     session.handle(frame)
 

@@ -7,7 +7,6 @@ call that synchronises, as CUDA reports them.
 """
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
 import sys
@@ -21,6 +20,9 @@ from ..protocol.errors import CudaError, Error, VersionMismatch
 from ..protocol.messages import Flags
 from ..protocol.urls import DeviceUrl
 from .shm import DEFAULT_ARENA, ChannelClosed, ShmChannel
+from .tcp import TcpChannel
+
+TCP_LOCAL_ARENA = 64 << 20  # pinned host buffers of a TCP guest live here (no zero copy over a network)
 
 STAGING_CHUNK = 16 << 20
 
@@ -57,11 +59,12 @@ class Client:
 
     def __init__(self, url: DeviceUrl, arena_size: int | None = None) -> None:
         self.url = url
-        if url.scheme != "shm":
-            raise CudaError(Error.cudaErrorNotSupported, f"{url}: only shm:// channels are available in this build")
         size = arena_size if arena_size is not None else _arena_size_from_env()
-        self.channel = ShmChannel(url, size)
-        hello = self.channel.connect(m.Hello(VERSION, m.Kind.GUEST, 0))
+        self.channel: ShmChannel | TcpChannel = (
+            ShmChannel(url, size) if url.scheme == "shm" else TcpChannel(url, arena_size or TCP_LOCAL_ARENA)
+        )
+        token = os.environ.get("QCUDA_TOKEN", "").encode()
+        hello = self.channel.connect(m.Hello(VERSION, m.Kind.GUEST, 0, token))
         if hello.status:
             self.channel.close()
             raise CudaError(hello.status, f"{url} refused this guest: {hello.detail}")
@@ -76,8 +79,7 @@ class Client:
         self._lock = threading.Lock()
         self.deferred: list[CudaError] = []
         self.broken: CudaError | None = None
-        self._arena_address = ctypes.addressof(ctypes.c_char.from_buffer(self.channel.region)) + \
-            self.channel.geometry.arena_offset
+        self._arena_address = np.frombuffer(self.channel.arena, dtype=np.uint8).ctypes.data
         self._receiver = threading.Thread(target=self._receive_loop, name="qcuda-receiver", daemon=True)
         self._receiver.start()
 
@@ -162,8 +164,8 @@ class Client:
 
     # -- arena and data movement -------------------------------------------------------------
     def arena_offset(self, view: memoryview) -> int | None:
-        """The arena offset of `view` if it lies in this channel's arena (zero-copy), else None."""
-        if len(view) == 0:
+        """The arena offset of `view` if it lies in this channel's shared arena (zero-copy), else None."""
+        if len(view) == 0 or not self.channel.shared_arena:
             return None
         address = np.frombuffer(view, dtype=np.uint8).ctypes.data
         offset = address - self._arena_address
@@ -179,7 +181,7 @@ class Client:
             msg = m.MemcpyHtoD(dst, offset or 0, len(src), stream)
             self.post(msg) if asynchronous else self.call(msg)
             return
-        self._staged(len(src), lambda off, pos, n: self.channel.arena.__setitem__(slice(off, off + n), src[pos:pos + n]),
+        self._staged(len(src), lambda off, pos, n: self._stage_in(off, src[pos:pos + n]),
                      lambda off, pos, n: m.MemcpyHtoD(dst + pos, off, n, stream), None)
 
     def copy_dtoh(self, dst: memoryview, src: int, stream: int, asynchronous: bool = False) -> None:
@@ -191,14 +193,29 @@ class Client:
             self.post(msg) if asynchronous else self.call(msg)
             return
         self._staged(len(dst), None, lambda off, pos, n: m.MemcpyDtoH(off, src + pos, n, stream),
-                     lambda off, pos, n: dst.__setitem__(slice(pos, pos + n), self.channel.arena[off:off + n]))
+                     lambda off, pos, n: self._stage_out(off, dst[pos:pos + n]))
+
+    def _stage_in(self, offset: int, data: memoryview) -> None:
+        """Put bytes where the worker reads staged data: the shared arena, or its own arena over the wire."""
+        if self.channel.shared_arena:
+            self.channel.arena[offset:offset + len(data)] = data
+        else:
+            self.post(m.ArenaWrite(offset, bytes(data)))
+
+    def _stage_out(self, offset: int, dst: memoryview) -> None:
+        if self.channel.shared_arena:
+            dst[:] = self.channel.arena[offset:offset + len(dst)]
+        else:
+            reply = self.call(m.ArenaRead(offset, len(dst)))
+            assert isinstance(reply, m.ArenaReadReply)
+            dst[:] = reply.data
 
     def _staged(self, total: int, fill, request, drain) -> None:
         """Move `total` bytes through two arena chunks: one is copied by the device while the other is filled."""
-        chunk = min(STAGING_CHUNK, max(4096, self.channel.arena_largest_free() // 2 // 4096 * 4096), total)
-        buffers = [self.channel.arena_alloc(chunk)]
+        chunk = min(STAGING_CHUNK, max(4096, self.channel.stage_largest_free() // 2 // 4096 * 4096), total)
+        buffers = [self.channel.stage_alloc(chunk)]
         if total > chunk:
-            buffers.append(self.channel.arena_alloc(chunk))
+            buffers.append(self.channel.stage_alloc(chunk))
         in_flight: list[tuple[Pending, int, int, int]] = []
         try:
             pos = 0
@@ -224,7 +241,7 @@ class Client:
                 except CudaError:
                     pass
             for off in buffers:
-                self.channel.arena_free(off)
+                self.channel.stage_free(off)
 
 
 def _arena_size_from_env() -> int:

@@ -40,6 +40,8 @@ class ChannelClosed(Exception):
 class ShmChannel:
     """Frames to and from one daemon through a shared region; bulk data lives in its arena."""
 
+    shared_arena = True
+
     def __init__(self, url: DeviceUrl, arena_size: int = DEFAULT_ARENA, ring_size: int = 1 << 20) -> None:
         self.url = url
         self.geometry = Geometry.plan(arena_size, ring_size)
@@ -160,7 +162,11 @@ class ShmChannel:
         with self.arena_lock:
             self.arena_allocator.free(offset)
 
-    def arena_largest_free(self) -> int:
+    # staging is the arena itself: the daemon reads it in place
+    stage_alloc = arena_alloc
+    stage_free = arena_free
+
+    def stage_largest_free(self) -> int:
         with self.arena_lock:
             return self.arena_allocator.largest_free()
 

@@ -93,10 +93,15 @@ class DeviceBuffer:
         return out.reshape(shape) if shape is not None else out
 
     def copy_from_device(self, src: "DeviceBuffer", nbytes: int | None = None, stream=None) -> None:
-        """Device -> device (same device)."""
+        """Device -> device. Between devices of different daemons (or any two devices) it goes through this host."""
         n = min(self.size, src.size) if nbytes is None else nbytes
         if src.device != self.device:
-            raise CudaError(Error.cudaErrorInvalidValue, "copies between two devices go through the host")
+            if stream is not None:
+                stream.synchronize()
+            staging = bytearray(n)
+            src.copy_to(staging)
+            self.copy_from(staging)
+            return
         self.device.client.call(m.MemcpyDtoD(self._range(n, 0), src._range(n, 0), n, _stream_handle(stream, self.device)))
 
     def memset(self, value: int, stream=None, element_size: int = 1, count: int | None = None) -> None:
@@ -138,7 +143,10 @@ class HostBuffer:
 
     @property
     def device_pointer(self) -> int:
-        """Where kernels see these bytes (cudaHostGetDevicePointer)."""
+        """Where kernels see these bytes (cudaHostGetDevicePointer): shared-memory channels only."""
+        if not self.device.client.channel.shared_arena:
+            raise CudaError(Error.cudaErrorNotSupported,
+                            f"{self.device.client.url}: kernels cannot reach guest memory over a network channel")
         reply = self.device.client.call(m.ArenaDevicePointer(self.device.remote_ordinal))
         assert isinstance(reply, m.ArenaDevicePointerReply)
         return reply.ptr + self.offset

@@ -150,6 +150,13 @@ class FrameReader:
 
     def next(self) -> Frame | Malformed | None:
         """The next complete frame, None if more bytes are needed, or Malformed (fatal: close)."""
+        data = self.next_bytes()
+        if isinstance(data, Malformed) or data is None:
+            return data
+        return decode(data)
+
+    def next_bytes(self) -> bytes | Malformed | None:
+        """The bytes of the next complete frame (decoded later, elsewhere), None, or Malformed."""
         if self.broken is not None:
             return self.broken
         if len(self._buffer) < HEADER_SIZE:
@@ -167,4 +174,4 @@ class FrameReader:
             return None
         data = bytes(self._buffer[:end])
         del self._buffer[:end]
-        return decode(data)
+        return data

@@ -24,6 +24,8 @@ class Cmd(enum.IntEnum):
     DEVICE_RESET = 13
     MEM_GET_INFO = 14
     ARENA_DEVICE_POINTER = 15
+    ARENA_WRITE = 16
+    ARENA_READ = 17
     MEM_ALLOC = 20
     MEM_FREE = 21
     MEMCPY_HTOD = 22
@@ -177,6 +179,29 @@ class ArenaDevicePointer(Message):
     CMD = Cmd.ARENA_DEVICE_POINTER
     FORMAT = "i"
     device: int
+
+
+@_message
+@dataclass(frozen=True)
+class ArenaWrite(Message):
+    """Store bytes in the worker's staging arena (channels without shared memory, such as TCP)."""
+
+    CMD = Cmd.ARENA_WRITE
+    FORMAT = "Q"
+    TAIL = "data"
+    offset: int
+    data: bytes
+
+
+@_message
+@dataclass(frozen=True)
+class ArenaRead(Message):
+    """Fetch bytes from the worker's staging arena (channels without shared memory)."""
+
+    CMD = Cmd.ARENA_READ
+    FORMAT = "QQ"
+    offset: int
+    size: int
 
 
 @_message
@@ -478,13 +503,16 @@ def _reply(cmd: Cmd, fmt: str = "", tail: str | None = None):
     return wrap
 
 
-@_reply(Cmd.HELLO, "IQQQ")
+@_reply(Cmd.HELLO, "IQQQQ")
 @dataclass(frozen=True)
 class HelloReply(Reply):
+    """`arena_size` is the worker's staging arena on channels without shared memory (else 0)."""
+
     version: int
     features: int
     session: int
     device_count: int
+    arena_size: int = 0
 
 
 @_reply(Cmd.DEVICE_COUNT, "i")
@@ -512,6 +540,12 @@ class MemGetInfoReply(Reply):
 @dataclass(frozen=True)
 class ArenaDevicePointerReply(Reply):
     ptr: int
+
+
+@_reply(Cmd.ARENA_READ, "", "data")
+@dataclass(frozen=True)
+class ArenaReadReply(Reply):
+    data: bytes
 
 
 @_reply(Cmd.MEM_ALLOC, "Q")

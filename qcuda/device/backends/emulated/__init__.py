@@ -18,10 +18,12 @@ from ..base import (
     EVENT_DISABLE_TIMING, MODULE_IMAGE, STREAM_NON_BLOCKING, Backend, Context, DeviceInfo, Event, Fence,
     Function, Module, Stream,
 )
-from .memory import DeviceMemory
+from .memory import DEVICE_BASE, DeviceMemory
 
 DEFAULT_MEMORY = 4 << 30
 ARENA_DEVICE_BASE = 0x7B00_0000_0000  # where kernels see the channel arena (host-mapped memory)
+DEVICE_STRIDE = 1 << 36  # each device's heap and arena view get their own 64 GiB of addresses (UVA-like)
+MAX_DEVICES = 16
 
 # An emulated device reports itself as a Hopper-class part so that programs built for sm_90 accept it.
 _ATTRIBUTES = {
@@ -51,6 +53,8 @@ class EmulatedBackend(Backend):
     name = "emulated"
 
     def __init__(self, devices: int = 1, memory: int = DEFAULT_MEMORY) -> None:
+        if not 1 <= devices <= MAX_DEVICES or not 0 < memory <= DEVICE_STRIDE:
+            raise ValueError(f"the emulated backend offers 1..{MAX_DEVICES} devices of at most 64 GiB each")
         self._devices = devices
         self._memory = memory
 
@@ -64,7 +68,7 @@ class EmulatedBackend(Backend):
 
     def open_context(self, ordinal: int) -> "EmulatedContext":
         self._check(ordinal)
-        return EmulatedContext(self._memory)
+        return EmulatedContext(self._memory, ordinal)
 
     def _check(self, ordinal: int) -> None:
         if not 0 <= ordinal < self._devices:
@@ -246,8 +250,9 @@ class EmulatedModule(Module):
 
 
 class EmulatedContext(Context):
-    def __init__(self, capacity: int) -> None:
-        self.memory = DeviceMemory(capacity)
+    def __init__(self, capacity: int, ordinal: int = 0) -> None:
+        self.memory = DeviceMemory(capacity, DEVICE_BASE + ordinal * DEVICE_STRIDE)
+        self._arena_base = ARENA_DEVICE_BASE + ordinal * DEVICE_STRIDE
         self.sticky = 0
         self._sticky_detail = ""
         self.order_lock = threading.Lock()
@@ -293,8 +298,8 @@ class EmulatedContext(Context):
         return self.memory.capacity - self.memory.used, self.memory.capacity
 
     def map_host(self, buffer) -> int:
-        self.memory.map_host(buffer, ARENA_DEVICE_BASE)
-        return ARENA_DEVICE_BASE
+        self.memory.map_host(buffer, self._arena_base)
+        return self._arena_base
 
     def create_stream(self, flags: int, priority: int) -> Stream:
         stream = EmulatedStream(self, flags)

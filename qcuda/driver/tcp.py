@@ -1,0 +1,142 @@
+"""The guest end of a TCP channel: the same frames as shared memory, over a socket to another machine.
+
+There is no shared arena: bulk data travels in ARENA_WRITE / ARENA_READ frames into the worker's
+staging arena, in chunks that the client pipelines with the device's copies. A local arena (plain
+memory) still backs pinned host buffers so the API is the same on every channel.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+
+from ..protocol import messages as m
+from ..protocol.codec import Frame, FrameReader, encode
+from ..protocol.errors import CudaError, Error
+from ..protocol.ranges import RangeAllocator
+from ..protocol.urls import DeviceUrl
+from .shm import ARENA_ALIGNMENT, ChannelClosed
+
+CONNECT_TIMEOUT = 10.0
+# A daemon whose machine vanishes without a reset is noticed within this many seconds:
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 2, 1, 3
+USER_TIMEOUT_MS = 10_000
+DEAD_PEER_SECONDS = 10
+
+
+def tune(sock: socket.socket) -> None:
+    """Low latency and a bounded time to notice a dead peer (shared by both ends' sockets)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
+
+
+class TcpChannel:
+    """Frames to and from one daemon over TCP."""
+
+    shared_arena = False
+
+    def __init__(self, url: DeviceUrl, arena_size: int) -> None:
+        self.url = url
+        self.arena = memoryview(bytearray(arena_size))
+        self.arena_allocator = RangeAllocator(arena_size, ARENA_ALIGNMENT)
+        self.arena_lock = threading.Lock()
+        self.remote = RangeAllocator(0, ARENA_ALIGNMENT)
+        self._reader = FrameReader()
+        self._send_lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.closed = False
+
+    def connect(self, hello: m.Hello) -> Frame:
+        try:
+            sock = socket.create_connection((self.url.host, self.url.port), timeout=CONNECT_TIMEOUT)
+        except OSError as exc:
+            raise CudaError(Error.cudaErrorNoDevice, f"no qcuda daemon at {self.url}: {exc.strerror or exc}") from None
+        tune(sock)
+        self._sock = sock
+        sock.sendall(encode(hello, 1))
+        try:
+            frame = self._next_frame()
+        except ChannelClosed:
+            raise CudaError(Error.cudaErrorDevicesUnavailable, f"the daemon at {self.url} closed the connection") from None
+        sock.settimeout(None)
+        if isinstance(frame.message, m.HelloReply):
+            self.remote = RangeAllocator(frame.message.arena_size, ARENA_ALIGNMENT)
+        return frame
+
+    def send(self, frame: bytes) -> None:
+        if self.closed or self._sock is None:
+            raise ChannelClosed
+        with self._send_lock:
+            try:
+                self._sock.sendall(frame)
+            except OSError:
+                raise ChannelClosed from None
+
+    def receive(self) -> bytes:
+        """The next whole frame; blocks in recv (the GIL is released there)."""
+        return self._next_frame(raw=True)
+
+    def _next_frame(self, raw: bool = False):
+        assert self._sock is not None
+        while True:
+            if raw:
+                data = self._reader.next_bytes()
+                if isinstance(data, bytes):
+                    return data
+                if data is not None:  # the byte stream cannot be trusted any more
+                    raise ChannelClosed
+            else:
+                frame = self._reader.next()
+                if isinstance(frame, Frame):
+                    return frame
+                if frame is not None:
+                    raise CudaError(Error.cudaErrorDevicesUnavailable, f"bad answer from {self.url}: {frame.reason}")
+            try:
+                chunk = self._sock.recv(1 << 20)
+            except OSError:
+                raise ChannelClosed from None
+            if not chunk:
+                raise ChannelClosed
+            self._reader.feed(chunk)
+
+    def arena_alloc(self, size: int) -> int:
+        return _take(self.arena_allocator, self.arena_lock, size, "local pinned-memory arena")
+
+    def arena_free(self, offset: int) -> None:
+        with self.arena_lock:
+            self.arena_allocator.free(offset)
+
+    def stage_alloc(self, size: int) -> int:
+        return _take(self.remote, self.arena_lock, size, "daemon's staging arena")
+
+    def stage_free(self, offset: int) -> None:
+        with self.arena_lock:
+            self.remote.free(offset)
+
+    def stage_largest_free(self) -> int:
+        with self.arena_lock:
+            return self.remote.largest_free()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+
+
+def _take(allocator: RangeAllocator, lock: threading.Lock, size: int, what: str) -> int:
+    with lock:
+        offset = allocator.alloc(size)
+    if offset is None:
+        raise CudaError(Error.cudaErrorMemoryAllocation, f"the {what} has no {size} free bytes")
+    return offset
