@@ -1,0 +1,755 @@
+"""The CUDA runtime calls of qcuda's libcudart.so.13, in Python.
+
+cffi's embedding mode calls these from the program's own threads (build.py declares them); each
+returns a cudaError_t and records a failure as the thread's last error (kept in C). They are
+built on the guest library: devices, buffers, streams, events and modules, so the program's
+calls travel to the daemon exactly as the Python API's do. Waiting for the daemon always happens
+in `threading.Event.wait`, which releases the GIL: other program threads keep running.
+
+Handles the program sees: device pointers are the daemon's own addresses (the guest reserves the
+device ranges, so no host pointer ever equals one); streams and events are small opaque numbers
+of this process; a kernel is the address of its host stub; a module is loaded on a device at the
+first launch of one of its kernels or use of one of its variables.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+import struct
+import sys
+import threading
+import traceback
+from typing import Callable
+
+from ...protocol import messages as m
+from ...protocol._cuda_tables import DEVICE_ATTRIBUTES
+from ...protocol.errors import CudaError, Error
+from .. import _device
+from .._device import Device
+from .._memory import DeviceBuffer, HostBuffer
+from .._module import Kernel, Module
+from .._stream import Event, Stream
+from ._cudart_abi import STRUCTS, cudaLimit, cudaMemcpyKind, cudaMemoryType
+
+ffi = lib = None  # the library's cffi objects, set by install()
+
+VERBOSE = bool(os.environ.get("QCUDA_VERBOSE"))
+NOT_READY = Error.cudaErrorNotReady  # a status, not an error: never the thread's last error
+LEGACY_STREAMS = (0, 1, 2)  # 0, cudaStreamLegacy, cudaStreamPerThread: the device's default stream
+PITCH_ALIGNMENT = 512
+HOST_TO_HOST, HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE, DEFAULT = (
+    cudaMemcpyKind[k] for k in ("cudaMemcpyHostToHost", "cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost",
+                                "cudaMemcpyDeviceToDevice", "cudaMemcpyDefault"))
+ATTRIBUTES = dict(DEVICE_ATTRIBUTES)
+# cudaDeviceProp fields whose cudaDevAttr is not simply the field's name capitalised
+FIELD_ATTRIBUTES = {
+    "sharedMemPerBlock": "MaxSharedMemoryPerBlock", "regsPerBlock": "MaxRegistersPerBlock", "memPitch": "MaxPitch",
+    "totalConstMem": "TotalConstantMemory", "major": "ComputeCapabilityMajor", "minor": "ComputeCapabilityMinor",
+    "ECCEnabled": "EccEnabled", "pciBusID": "PciBusId", "pciDeviceID": "PciDeviceId", "pciDomainID": "PciDomainId",
+    "memoryBusWidth": "GlobalMemoryBusWidth", "persistingL2CacheMaxSize": "MaxPersistingL2CacheSize",
+    "sharedMemPerMultiprocessor": "MaxSharedMemoryPerMultiprocessor",
+    "regsPerMultiprocessor": "MaxRegistersPerMultiprocessor", "sharedMemPerBlockOptin": "MaxSharedMemoryPerBlockOptin",
+    "maxBlocksPerMultiProcessor": "MaxBlocksPerMultiprocessor", "accessPolicyMaxWindowSize": "MaxAccessPolicyWindowSize",
+    "reservedSharedMemPerBlock": "ReservedSharedMemoryPerBlock", "gpuDirectRDMASupported": "GPUDirectRDMASupported",
+    "gpuDirectRDMAFlushWritesOptions": "GPUDirectRDMAFlushWritesOptions",
+    "gpuDirectRDMAWritesOrdering": "GPUDirectRDMAWritesOrdering", "ipcEventSupported": "IpcEventSupport",
+    "deviceNumaConfig": "NumaConfig", "deviceNumaId": "NumaId", "gpuPciDeviceID": "GpuPciDeviceId",
+    "gpuPciSubsystemID": "GpuPciSubsystemId", "maxThreadsDim": "MaxBlockDim", "maxGridSize": "MaxGridDim",
+}
+ARRAY_SUFFIXES = {"MaxBlockDim": "XYZ", "MaxGridDim": "XYZ"}
+# what cudaDeviceGetLimit answers before cudaDeviceSetLimit (CUDA's defaults on sm_90)
+DEFAULT_LIMITS = {
+    "cudaLimitStackSize": 1024, "cudaLimitPrintfFifoSize": 1 << 20, "cudaLimitMallocHeapSize": 8 << 20,
+    "cudaLimitDevRuntimeSyncDepth": 2, "cudaLimitDevRuntimePendingLaunchCount": 2048,
+    "cudaLimitMaxL2FetchGranularity": 64, "cudaLimitPersistingL2CacheSize": 0,
+}
+
+
+class State:
+    """What this process's runtime knows: its devices, allocations, handles and loaded modules."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.devices: dict[int, Device] = {}
+        self.starts: list[int] = []  # sorted device-memory starts (allocations and module variables)
+        self.ranges: dict[int, tuple[int, int, DeviceBuffer | None]] = {}  # start -> (size, device, buffer)
+        self.pinned: dict[int, tuple[HostBuffer, int]] = {}  # host address -> (arena buffer, flags)
+        self.registered: dict[int, tuple[int, int]] = {}  # cudaHostRegister: address -> (size, flags)
+        self.streams: dict[int, Stream] = {}
+        self.events: dict[int, Event] = {}
+        self.next_handle = 0x1000
+        self.modules: dict[tuple[int, int], Module] = {}  # (fatbin, device) -> module
+        self.kernels: dict[tuple[int, int], Kernel] = {}  # (host stub, device) -> kernel
+        self.symbols: dict[tuple[int, int], tuple[int, int]] = {}  # (host variable, device) -> (ptr, size)
+        self.arena_device: dict[int, int] = {}  # device -> where kernels see the arena
+        self.flags: dict[int, int] = {}
+        self.limits: dict[tuple[int, int], int] = {}
+
+    def handle(self) -> int:
+        self.next_handle += 0x10
+        return self.next_handle
+
+    def track(self, ptr: int, size: int, device: int, buffer: DeviceBuffer | None) -> None:
+        if ptr not in self.ranges:
+            bisect.insort(self.starts, ptr)
+        self.ranges[ptr] = (size, device, buffer)
+
+    def untrack(self, ptr: int) -> tuple[int, int, DeviceBuffer | None]:
+        self.starts.remove(ptr)
+        return self.ranges.pop(ptr)
+
+
+S = State()
+
+
+# ---- plumbing -------------------------------------------------------------------------------------
+def _addr(p) -> int:
+    return int(ffi.cast("uintptr_t", p))
+
+
+def _bytes(address: int, size: int) -> memoryview:
+    """The program's memory at `address` as a writable memoryview (no copy)."""
+    return memoryview(ffi.buffer(ffi.cast("char *", address), size))
+
+
+def _out(p, ctype: str, value) -> None:
+    """Store a result through one of the program's pointers."""
+    if p == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "a NULL result pointer")
+    ffi.cast(ctype + " *", p)[0] = value
+
+
+def device(ordinal: int | None = None) -> Device:
+    """The Device of `ordinal` (default: this thread's current device), connecting on first use."""
+    o = _device.current_device() if ordinal is None else ordinal
+    dev = S.devices.get(o)
+    if dev is None:
+        dev = S.devices.setdefault(o, Device(o))
+    return dev
+
+
+def _stream(handle) -> tuple[Stream | None, Device]:
+    h = _addr(handle)
+    if h in LEGACY_STREAMS:
+        return None, device()
+    s = S.streams.get(h)
+    if s is None:
+        raise CudaError(Error.cudaErrorInvalidResourceHandle, f"stream 0x{h:x} is not one of this process's")
+    return s, s.device
+
+
+def _event(handle) -> Event:
+    e = S.events.get(_addr(handle))
+    if e is None:
+        raise CudaError(Error.cudaErrorInvalidResourceHandle, f"event 0x{_addr(handle):x} is not one of this process's")
+    return e
+
+
+def _wire(s: Stream | None) -> int:
+    return 0 if s is None else s.handle
+
+
+def _arena_device_base(dev: Device) -> int:
+    base = S.arena_device.get(dev.ordinal)
+    if base is None:
+        reply = dev.client.call(m.ArenaDevicePointer(dev.remote_ordinal))
+        base = S.arena_device[dev.ordinal] = reply.ptr
+    return base
+
+
+def _locate(address: int, size: int) -> tuple[str, Device | None]:
+    """("device" | "pinned" | "host", owner) for [address, +size) of the program's view."""
+    i = bisect.bisect_right(S.starts, address) - 1
+    if i >= 0:
+        start = S.starts[i]
+        length, ordinal, _ = S.ranges[start]
+        if address < start + max(length, 1):
+            return "device", device(ordinal)
+    for dev in list(S.devices.values()):
+        client = dev.client
+        if client._arena_address <= address < client._arena_address + len(client.channel.arena):
+            return "pinned", dev
+        base = S.arena_device.get(dev.ordinal)
+        if base is not None and base <= address < base + len(client.channel.arena):
+            return "device", dev
+    return "host", None
+
+
+# ---- modules and launches ---------------------------------------------------------------------
+def _module(fatbin, dev: Device) -> Module:
+    key = (_addr(fatbin), dev.ordinal)
+    with S.lock:
+        module = S.modules.get(key)
+        if module is None:
+            if fatbin.size == 0:
+                raise CudaError(Error.cudaErrorInvalidKernelImage, "the program registered a fatbin qcuda cannot read")
+            module = S.modules[key] = dev.load_module(ffi.buffer(fatbin.image, fatbin.size)[:])
+        return module
+
+
+def _kernel(host: int, dev: Device) -> Kernel:
+    kernel = S.kernels.get((host, dev.ordinal))
+    if kernel is None:
+        fn = lib.qcuda_find_function(ffi.cast("void *", host))
+        if fn == ffi.NULL:
+            raise CudaError(Error.cudaErrorInvalidDeviceFunction, f"0x{host:x} is not a registered kernel")
+        kernel = _module(fn.fatbin, dev).get_kernel(ffi.string(fn.name).decode())
+        S.kernels[(host, dev.ordinal)] = kernel
+    return kernel
+
+
+def _check_configuration(dev: Device, grid: tuple[int, ...], block: tuple[int, ...], shared: int) -> None:
+    """Refuse a launch configuration the device cannot run, at the launch, as CUDA does."""
+    a = dev.attributes
+    limits_block = [a["cudaDevAttrMaxBlockDim" + c] for c in "XYZ"]
+    limits_grid = [a["cudaDevAttrMaxGridDim" + c] for c in "XYZ"]
+    threads = block[0] * block[1] * block[2]
+    if (min(grid) < 1 or min(block) < 1 or threads > a["cudaDevAttrMaxThreadsPerBlock"]
+            or any(b > lim for b, lim in zip(block, limits_block)) or any(g > lim for g, lim in zip(grid, limits_grid))):
+        raise CudaError(Error.cudaErrorInvalidConfiguration, f"grid {grid} block {block}")
+    if shared > a.get("cudaDevAttrMaxSharedMemoryPerBlockOptin", a["cudaDevAttrMaxSharedMemoryPerBlock"]):
+        raise CudaError(Error.cudaErrorInvalidValue, f"{shared} bytes of dynamic shared memory")
+
+
+def cudaLaunchKernel(func, grid, block, args, shared: int, stream) -> None:
+    s, dev = _stream(stream)
+    kernel = _kernel(_addr(func), dev)
+    g, b = (grid.x, grid.y, grid.z), (block.x, block.y, block.z)
+    _check_configuration(dev, g, b, shared)
+    layout = kernel.param_layout
+    params = bytearray(max((off + n for off, n in layout), default=0))
+    for i, (off, n) in enumerate(layout):
+        params[off:off + n] = ffi.buffer(ffi.cast("char *", args[i]), n)
+    dev.client.post(m.Launch(kernel.handle, *g, *b, shared, _wire(s), bytes(params)))
+
+
+__cudaLaunchKernel = cudaLaunchKernel
+
+
+def cudaFuncGetAttributes(attr, func) -> None:
+    dev = device()
+    _kernel(_addr(func), dev)
+    major, minor = dev.compute_capability
+    values = {"maxThreadsPerBlock": dev.attribute("MaxThreadsPerBlock"), "ptxVersion": major * 10 + minor,
+              "binaryVersion": major * 10 + minor, "maxDynamicSharedSizeBytes": dev.attribute("MaxSharedMemoryPerBlock")}
+    _fill(attr, "cudaFuncAttributes", values)
+
+
+def _fill(p, struct_name: str, values: dict) -> None:
+    """Zero the program's struct at `p`, then set the named fields (offsets generated from the headers)."""
+    if p == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, f"a NULL {struct_name} pointer")
+    size, fields = STRUCTS[struct_name]
+    buf = ffi.buffer(ffi.cast("char *", p), size)
+    buf[:] = bytes(size)
+    for name, off, code, count in fields:
+        if name in values:
+            value = values[name]
+            data = value if isinstance(value, bytes) else struct.pack("<" + code * count,
+                                                                      *(value if count > 1 else [value]))
+            buf[off:off + len(data)] = data
+
+
+# ---- devices ----------------------------------------------------------------------------------
+def cudaGetDeviceCount(count) -> None:
+    try:
+        n = _device.device_count()
+    except CudaError:
+        _out(count, "int", 0)
+        raise
+    _out(count, "int", n)
+    if n == 0:
+        raise CudaError(Error.cudaErrorNoDevice)
+
+
+def cudaSetDevice(ordinal: int) -> None:
+    _device.set_device(ordinal)
+
+
+def cudaGetDevice(ordinal) -> None:
+    _out(ordinal, "int", _device.current_device())
+
+
+def cudaInitDevice(ordinal: int, device_flags: int, flags: int) -> None:
+    device(ordinal)
+
+
+def _properties(dev: Device) -> dict:
+    attrs = dev.attributes
+    values: dict = {"name": dev.name.encode()[:255] + b"\0", "uuid": bytes.fromhex(dev.properties["uuid"]),
+                    "totalGlobalMem": dev.total_memory}
+    for name, _, _, count in STRUCTS["cudaDeviceProp"][1]:
+        if name in values:
+            continue
+        stem = FIELD_ATTRIBUTES.get(name, name[:1].upper() + name[1:])
+        keys = [f"cudaDevAttr{stem}{c}" for c in ARRAY_SUFFIXES.get(stem, "")] if count > 1 else [f"cudaDevAttr{stem}"]
+        if all(k in ATTRIBUTES.values() for k in keys) and keys:
+            found = [attrs.get(k, 0) for k in keys]
+            values[name] = found if count > 1 else found[0]
+    return values
+
+
+def cudaGetDeviceProperties(prop, ordinal: int) -> None:
+    _fill(prop, "cudaDeviceProp", _properties(device(ordinal)))
+
+
+def cudaDeviceGetAttribute(value, attr: int, ordinal: int) -> None:
+    name = ATTRIBUTES.get(attr)
+    if name is None:
+        raise CudaError(Error.cudaErrorInvalidValue, f"device attribute {attr}")
+    _out(value, "int", device(ordinal).attributes.get(name, 0))
+
+
+def cudaDeviceSynchronize() -> None:
+    device().synchronize()
+
+
+def cudaDeviceReset() -> None:
+    """Frees everything of the current device in this process; later calls start afresh."""
+    dev = device()
+    dev.reset()
+    o = dev.ordinal
+    with S.lock:
+        for ptr in [p for p, (_, d, _) in S.ranges.items() if d == o]:
+            buffer = S.untrack(ptr)[2]
+            if buffer is not None:
+                buffer._finalizer.detach()
+        for table in (S.modules, S.kernels, S.symbols):
+            for key in [k for k in table if k[1] == o]:
+                item = table.pop(key)
+                if isinstance(item, Module):
+                    item._finalizer.detach()
+        for table in (S.streams, S.events):
+            for h in [h for h, obj in table.items() if obj.device.ordinal == o]:
+                finalizer = table.pop(h)._finalizer
+                if finalizer is not None:
+                    finalizer.detach()
+        S.arena_device.pop(o, None)
+        S.flags.pop(o, None)
+        for key in [k for k in S.limits if k[0] == o]:
+            del S.limits[key]
+
+
+def cudaSetDeviceFlags(flags: int) -> None:
+    S.flags[device().ordinal] = flags
+
+
+def cudaGetDeviceFlags(flags) -> None:
+    _out(flags, "unsigned int", S.flags.get(device().ordinal, 0))
+
+
+def _limit(limit: int) -> str:
+    for name, value in cudaLimit.items():
+        if value == limit:
+            return name
+    raise CudaError(Error.cudaErrorUnsupportedLimit, f"limit {limit}")
+
+
+def cudaDeviceSetLimit(limit: int, value: int) -> None:
+    _limit(limit)
+    S.limits[(device().ordinal, limit)] = value
+
+
+def cudaDeviceGetLimit(value, limit: int) -> None:
+    name = _limit(limit)
+    _out(value, "size_t", S.limits.get((device().ordinal, limit), DEFAULT_LIMITS[name]))
+
+
+def cudaDeviceGetStreamPriorityRange(least, greatest) -> None:
+    if least != ffi.NULL:
+        _out(least, "int", 0)
+    if greatest != ffi.NULL:
+        _out(greatest, "int", -5)
+
+
+def cudaMemGetInfo(free, total) -> None:
+    f, t = device().mem_info()
+    _out(free, "size_t", f)
+    _out(total, "size_t", t)
+
+
+# ---- memory -------------------------------------------------------------------------------------
+def cudaMalloc(ptr, size: int) -> None:
+    if ptr == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "cudaMalloc(NULL, ...)")
+    if size == 0:
+        _out(ptr, "uintptr_t", 0)
+        return
+    dev = device()
+    buffer = dev.allocate(size)
+    with S.lock:
+        S.track(buffer.handle, size, dev.ordinal, buffer)
+    _out(ptr, "uintptr_t", buffer.handle)
+
+
+def cudaMallocPitch(ptr, pitch, width: int, height: int) -> None:
+    p = max(PITCH_ALIGNMENT, -(-width // PITCH_ALIGNMENT) * PITCH_ALIGNMENT)
+    cudaMalloc(ptr, p * height)
+    _out(pitch, "size_t", p)
+
+
+def cudaFree(ptr) -> None:
+    address = _addr(ptr)
+    if address == 0:
+        device()
+        return
+    with S.lock:
+        entry = S.ranges.get(address)
+        if entry is None or entry[2] is None:
+            raise CudaError(Error.cudaErrorInvalidValue, f"0x{address:x} is not a cudaMalloc allocation")
+        S.untrack(address)
+    entry[2].free()
+
+
+def cudaHostAlloc(ptr, size: int, flags: int) -> None:
+    dev = device()
+    buffer = dev.allocate_host(max(size, 1))
+    address = dev.client._arena_address + buffer.offset
+    S.pinned[address] = (buffer, flags)
+    _out(ptr, "uintptr_t", address)
+
+
+def cudaMallocHost(ptr, size: int) -> None:
+    cudaHostAlloc(ptr, size, 0)
+
+
+def cudaFreeHost(ptr) -> None:
+    address = _addr(ptr)
+    if address == 0:
+        return
+    entry = S.pinned.pop(address, None)
+    if entry is None:
+        raise CudaError(Error.cudaErrorInvalidValue, f"0x{address:x} is not cudaMallocHost/cudaHostAlloc memory")
+    entry[0].free()
+
+
+def cudaHostRegister(ptr, size: int, flags: int) -> None:
+    """Accepted and remembered: qcuda stages copies of registered memory like pageable memory."""
+    address = _addr(ptr)
+    if address == 0 or size == 0:
+        raise CudaError(Error.cudaErrorInvalidValue, "cudaHostRegister of nothing")
+    if address in S.registered:
+        raise CudaError(Error.cudaErrorHostMemoryAlreadyRegistered)
+    S.registered[address] = (size, flags)
+
+
+def cudaHostUnregister(ptr) -> None:
+    if S.registered.pop(_addr(ptr), None) is None:
+        raise CudaError(Error.cudaErrorHostMemoryNotRegistered)
+
+
+def cudaHostGetDevicePointer(p_device, p_host, flags: int) -> None:
+    address = _addr(p_host)
+    kind, dev = _locate(address, 1)
+    if kind != "pinned":
+        if any(a <= address < a + n for a, (n, _) in S.registered.items()):
+            raise CudaError(Error.cudaErrorNotSupported, "kernels cannot see cudaHostRegister memory through qcuda; "
+                            "allocate it with cudaHostAlloc instead")
+        raise CudaError(Error.cudaErrorInvalidValue, f"0x{address:x} is not pinned host memory")
+    _out(p_device, "uintptr_t", _arena_device_base(dev) + address - dev.client._arena_address)
+
+
+def cudaHostGetFlags(flags, p_host) -> None:
+    entry = S.pinned.get(_addr(p_host))
+    if entry is None:
+        raise CudaError(Error.cudaErrorInvalidValue, "not cudaHostAlloc memory")
+    _out(flags, "unsigned int", entry[1])
+
+
+def cudaPointerGetAttributes(attributes, ptr) -> None:
+    address = _addr(ptr)
+    kind, dev = _locate(address, 1)
+    values: dict = {"type": cudaMemoryType["cudaMemoryTypeUnregistered"], "device": -2}
+    if kind == "device":
+        assert dev is not None
+        values = {"type": cudaMemoryType["cudaMemoryTypeDevice"], "device": dev.ordinal, "devicePointer": address}
+        base = S.arena_device.get(dev.ordinal)
+        if base is not None and base <= address < base + len(dev.client.channel.arena):
+            host = dev.client._arena_address + address - base
+            values = {"type": cudaMemoryType["cudaMemoryTypeHost"], "device": dev.ordinal, "devicePointer": address,
+                      "hostPointer": host}
+    elif kind == "pinned":
+        assert dev is not None
+        values = {"type": cudaMemoryType["cudaMemoryTypeHost"], "device": dev.ordinal, "hostPointer": address,
+                  "devicePointer": _arena_device_base(dev) + address - dev.client._arena_address}
+    _fill(attributes, "cudaPointerAttributes", values)
+
+
+def _copy(dst: int, src: int, count: int, kind: int, stream, asynchronous: bool) -> None:
+    """One copy of any kind; `kind` cudaMemcpyDefault decides by address."""
+    if kind not in (HOST_TO_HOST, HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE, DEFAULT):
+        raise CudaError(Error.cudaErrorInvalidMemcpyDirection, f"cudaMemcpyKind {kind}")
+    s, sdev = _stream(stream)
+    if count == 0:
+        return
+    dst_kind, dst_dev = _locate(dst, count)
+    src_kind, src_dev = _locate(src, count)
+    dst_on_device = dst_kind == "device" if kind == DEFAULT else kind in (HOST_TO_DEVICE, DEVICE_TO_DEVICE)
+    src_on_device = src_kind == "device" if kind == DEFAULT else kind in (DEVICE_TO_HOST, DEVICE_TO_DEVICE)
+    if (dst_kind == "device" and not dst_on_device) or (src_kind == "device" and not src_on_device):
+        raise CudaError(Error.cudaErrorInvalidValue, "a device pointer given as a host pointer")
+    if src == 0 or dst == 0:
+        raise CudaError(Error.cudaErrorInvalidValue, "a NULL pointer")
+    handle = _wire(s)
+    if dst_on_device and src_on_device:
+        dev = dst_dev or sdev
+        msg = m.MemcpyDtoD(dst, src, count, handle)
+        dev.client.post(msg) if asynchronous else dev.client.call(msg)
+    elif dst_on_device:
+        dev = dst_dev or sdev
+        dev.client.copy_htod(dst, _bytes(src, count), handle, asynchronous and src_kind == "pinned")
+    elif src_on_device:
+        dev = src_dev or sdev
+        dev.client.copy_dtoh(_bytes(dst, count), src, handle, asynchronous and dst_kind == "pinned")
+    else:
+        dev = sdev
+        (s or dev.default_stream).synchronize()
+        ffi.memmove(ffi.cast("void *", dst), ffi.cast("void *", src), count)
+    if not asynchronous:
+        dev.client.raise_deferred()
+
+
+def cudaMemcpy(dst, src, count: int, kind: int) -> None:
+    _copy(_addr(dst), _addr(src), count, kind, ffi.NULL, False)
+
+
+def cudaMemcpyAsync(dst, src, count: int, kind: int, stream) -> None:
+    _copy(_addr(dst), _addr(src), count, kind, stream, True)
+
+
+def _copy2d(dst: int, dpitch: int, src: int, spitch: int, width: int, height: int, kind: int, stream,
+            asynchronous: bool) -> None:
+    if width > dpitch or width > spitch:
+        raise CudaError(Error.cudaErrorInvalidPitchValue, f"width {width}, pitches {dpitch} and {spitch}")
+    if dpitch == spitch == width:
+        _copy(dst, src, width * height, kind, stream, asynchronous)
+        return
+    for row in range(height):  # rows before the last queue; the last waits for all (same stream)
+        _copy(dst + row * dpitch, src + row * spitch, width, kind, stream, asynchronous or row + 1 < height)
+
+
+def cudaMemcpy2D(dst, dpitch: int, src, spitch: int, width: int, height: int, kind: int) -> None:
+    _copy2d(_addr(dst), dpitch, _addr(src), spitch, width, height, kind, ffi.NULL, False)
+
+
+def cudaMemcpy2DAsync(dst, dpitch: int, src, spitch: int, width: int, height: int, kind: int, stream) -> None:
+    _copy2d(_addr(dst), dpitch, _addr(src), spitch, width, height, kind, stream, True)
+
+
+def cudaMemcpyPeer(dst, dst_device: int, src, src_device: int, count: int) -> None:
+    d, s = device(dst_device), device(src_device)
+    if d.client is s.client and d.remote_ordinal == s.remote_ordinal:
+        _copy(_addr(dst), _addr(src), count, DEVICE_TO_DEVICE, ffi.NULL, False)
+        return
+    staging = bytearray(count)
+    s.client.copy_dtoh(memoryview(staging), _addr(src), 0)
+    d.client.copy_htod(_addr(dst), memoryview(staging), 0)
+
+
+def _memset(ptr: int, value: int, count: int, stream, asynchronous: bool) -> None:
+    s, sdev = _stream(stream)
+    kind, dev = _locate(ptr, count)
+    if kind != "device":
+        raise CudaError(Error.cudaErrorInvalidValue, f"0x{ptr:x} is not device memory")
+    msg = m.Memset(ptr, value & 0xFF, 1, count, _wire(s))
+    dev.client.post(msg) if asynchronous else dev.client.call(msg)
+    if not asynchronous:
+        dev.client.raise_deferred()
+
+
+def cudaMemset(ptr, value: int, count: int) -> None:
+    if count:
+        _memset(_addr(ptr), value, count, ffi.NULL, False)
+
+
+def cudaMemsetAsync(ptr, value: int, count: int, stream) -> None:
+    if count:
+        _memset(_addr(ptr), value, count, stream, True)
+
+
+def _memset2d(ptr: int, pitch: int, value: int, width: int, height: int, stream, asynchronous: bool) -> None:
+    if width > pitch:
+        raise CudaError(Error.cudaErrorInvalidValue, f"width {width} > pitch {pitch}")
+    if width == 0 or height == 0:
+        return
+    if width == pitch:
+        _memset(ptr, value, width * height, stream, asynchronous)
+        return
+    for row in range(height):
+        _memset(ptr + row * pitch, value, width, stream, asynchronous or row + 1 < height)
+
+
+def cudaMemset2D(ptr, pitch: int, value: int, width: int, height: int) -> None:
+    _memset2d(_addr(ptr), pitch, value, width, height, ffi.NULL, False)
+
+
+def cudaMemset2DAsync(ptr, pitch: int, value: int, width: int, height: int, stream) -> None:
+    _memset2d(_addr(ptr), pitch, value, width, height, stream, True)
+
+
+# ---- module variables ---------------------------------------------------------------------------
+def _symbol(symbol) -> tuple[int, int]:
+    """(device address, size) of a registered __device__/__constant__ variable on the current device."""
+    dev = device()
+    key = (_addr(symbol), dev.ordinal)
+    found = S.symbols.get(key)
+    if found is None:
+        var = lib.qcuda_find_variable(symbol)
+        if var == ffi.NULL:
+            raise CudaError(Error.cudaErrorInvalidSymbol, f"0x{key[0]:x} is not a registered device variable")
+        found = S.symbols[key] = _module(var.fatbin, dev).get_global(ffi.string(var.name).decode())
+        with S.lock:
+            S.track(found[0], found[1], dev.ordinal, None)
+    return found
+
+
+def _symbol_range(symbol, count: int, offset: int) -> int:
+    ptr, size = _symbol(symbol)
+    if offset + count > size:
+        raise CudaError(Error.cudaErrorInvalidValue, f"[{offset}, +{count}) is outside the {size}-byte variable")
+    return ptr + offset
+
+
+def cudaMemcpyToSymbol(symbol, src, count: int, offset: int, kind: int) -> None:
+    if kind not in (HOST_TO_DEVICE, DEVICE_TO_DEVICE, DEFAULT):
+        raise CudaError(Error.cudaErrorInvalidMemcpyDirection)
+    _copy(_symbol_range(symbol, count, offset), _addr(src), count, kind, ffi.NULL, False)
+
+
+def cudaMemcpyFromSymbol(dst, symbol, count: int, offset: int, kind: int) -> None:
+    if kind not in (DEVICE_TO_HOST, DEVICE_TO_DEVICE, DEFAULT):
+        raise CudaError(Error.cudaErrorInvalidMemcpyDirection)
+    _copy(_addr(dst), _symbol_range(symbol, count, offset), count, kind, ffi.NULL, False)
+
+
+def cudaMemcpyToSymbolAsync(symbol, src, count: int, offset: int, kind: int, stream) -> None:
+    if kind not in (HOST_TO_DEVICE, DEVICE_TO_DEVICE, DEFAULT):
+        raise CudaError(Error.cudaErrorInvalidMemcpyDirection)
+    _copy(_symbol_range(symbol, count, offset), _addr(src), count, kind, stream, True)
+
+
+def cudaMemcpyFromSymbolAsync(dst, symbol, count: int, offset: int, kind: int, stream) -> None:
+    if kind not in (DEVICE_TO_HOST, DEVICE_TO_DEVICE, DEFAULT):
+        raise CudaError(Error.cudaErrorInvalidMemcpyDirection)
+    _copy(_addr(dst), _symbol_range(symbol, count, offset), count, kind, stream, True)
+
+
+def cudaGetSymbolAddress(ptr, symbol) -> None:
+    _out(ptr, "uintptr_t", _symbol(symbol)[0])
+
+
+def cudaGetSymbolSize(size, symbol) -> None:
+    _out(size, "size_t", _symbol(symbol)[1])
+
+
+# ---- streams and events -------------------------------------------------------------------------
+def cudaStreamCreateWithPriority(p_stream, flags: int, priority: int) -> None:
+    if p_stream == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "a NULL stream pointer")
+    stream = device().create_stream(non_blocking=bool(flags & 1), priority=priority)
+    handle = S.handle()
+    S.streams[handle] = stream
+    _out(p_stream, "uintptr_t", handle)
+
+
+def cudaStreamCreateWithFlags(p_stream, flags: int) -> None:
+    cudaStreamCreateWithPriority(p_stream, flags, 0)
+
+
+def cudaStreamCreate(p_stream) -> None:
+    cudaStreamCreateWithPriority(p_stream, 0, 0)
+
+
+def cudaStreamDestroy(stream) -> None:
+    h = _addr(stream)
+    s = S.streams.pop(h, None)
+    if s is None:
+        raise CudaError(Error.cudaErrorInvalidResourceHandle, f"stream 0x{h:x}")
+    s.destroy()
+
+
+def cudaStreamSynchronize(stream) -> None:
+    s, dev = _stream(stream)
+    (s or dev.default_stream).synchronize()
+
+
+def cudaStreamQuery(stream) -> int:
+    s, dev = _stream(stream)
+    return 0 if (s or dev.default_stream).query() else NOT_READY
+
+
+def cudaStreamWaitEvent(stream, event, flags: int) -> None:
+    s, dev = _stream(stream)
+    (s or dev.default_stream).wait(_event(event))
+
+
+def cudaEventCreateWithFlags(p_event, flags: int) -> None:
+    if p_event == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "a NULL event pointer")
+    event = device().create_event(timing=not flags & 2, blocking_sync=bool(flags & 1))
+    handle = S.handle()
+    S.events[handle] = event
+    _out(p_event, "uintptr_t", handle)
+
+
+def cudaEventCreate(p_event) -> None:
+    cudaEventCreateWithFlags(p_event, 0)
+
+
+def cudaEventRecord(event, stream) -> None:
+    e = _event(event)
+    s, _ = _stream(stream)
+    e.record(s)
+
+
+def cudaEventSynchronize(event) -> None:
+    _event(event).synchronize()
+
+
+def cudaEventQuery(event) -> int:
+    return 0 if _event(event).query() else NOT_READY
+
+
+def cudaEventElapsedTime(ms, start, end) -> None:
+    _out(ms, "float", _event(start).elapsed_ms(_event(end)))
+
+
+def cudaEventDestroy(event) -> None:
+    e = S.events.pop(_addr(event), None)
+    if e is None:
+        raise CudaError(Error.cudaErrorInvalidResourceHandle, "not an event of this process")
+    e.destroy()
+
+
+# ---- installation -------------------------------------------------------------------------------
+def _entry(name: str, fn: Callable) -> Callable:
+    """`fn` as a C entry point: a cudaError_t out, failures recorded as the thread's last error."""
+
+    def entry(*args) -> int:
+        try:
+            code = fn(*args) or 0
+        except CudaError as exc:
+            code = exc.code
+            if VERBOSE:
+                print(f"qcuda: {name}: {exc}", file=sys.stderr)
+        except OSError as exc:  # the daemon cannot be reached or went away mid-call
+            code = Error.cudaErrorDevicesUnavailable
+            print(f"qcuda: {name}: the qcuda daemon is unreachable: {exc}", file=sys.stderr)
+        except Exception:
+            traceback.print_exc()
+            code = Error.cudaErrorUnknown
+        if code and code != NOT_READY:
+            lib.qcuda_set_error(code)
+        return int(code)
+
+    entry.__name__ = name
+    return entry
+
+
+def install(ffi_, lib_, names: list[str]) -> None:
+    """Attach the implementation of every call the library declares (and its _ptsz/_ptds variants)."""
+    global ffi, lib
+    ffi, lib = ffi_, lib_
+    for name in names:
+        base = name.removesuffix("_ptsz").removesuffix("_ptds")
+        ffi.def_extern(name=name)(_entry(name, globals()[base]))
