@@ -206,6 +206,24 @@ def with_daemon(run) -> None:
         run()
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@device_option
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(device, command) -> None:
+    """Run an unmodified CUDA program (built with nvcc -cudart shared) through qcuda: qcuda run -- ./prog ARGS."""
+    from .library.interposer.run import NotRunnable, prepare, run_program
+
+    if device:
+        os.environ["QCUDA_DEVICE"] = device
+    try:
+        prepare(list(command))
+    except NotRunnable as exc:
+        raise click.ClickException(str(exc)) from None
+    status = []
+    with_daemon(lambda: status.append(run_program(list(command))))
+    sys.exit(status[0])
+
+
 @main.command()
 def demo() -> None:
     """Run a small CUDA program through qcuda and say what happened."""
