@@ -1,6 +1,7 @@
 """Compile the test kernels once per session with the machine's nvcc, and run them on the emulator."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ from qcuda.device.backends.emulated.ptx import Kernel, Module
 
 KERNELS = Path(__file__).parent / "kernels"
 NVCC = shutil.which("nvcc")
+# e.g. QCUDA_PTX_FLAGS="-arch=sm_100 -G" runs the suite on other code generation
+PTX_FLAGS = tuple(os.environ.get("QCUDA_PTX_FLAGS", "-arch=sm_90").split())
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 
 
@@ -33,7 +36,7 @@ class Built:
         return out
 
     def ptx(self, source: str) -> bytes:
-        return self.compile(source, "-arch=sm_90", suffix="ptx").read_bytes()
+        return self.compile(source, *PTX_FLAGS, suffix="ptx").read_bytes()
 
     def fatbin(self, source: str, *flags: str) -> bytes:
         return self.compile(source, *(flags or ("-arch=sm_90",)), suffix="fatbin").read_bytes()
