@@ -4,13 +4,14 @@ The library exports every function the real libcudart.so.13 exports (`_cudart_ab
 all in the version node `libcudart.so.13` (`libcudart.map`): the calls declared in `api.h` run
 in Python (`_cudart.py`), the few in `cudart.c` stay in C, and the rest are generated stubs
 that say once that qcuda does not support them and return cudaErrorNotSupported.
-Run `python -m qcuda.library.interposer.build [OUT_DIR]` to build it in place; `setup.py` runs
-it at install.
+Run `python qcuda/library/interposer/build.py [OUT_DIR]` to build it in place (default: ./lib
+beside this file); `setup.py` runs it at install.
 """
 from __future__ import annotations
 
 import json
 import re
+import runpy
 import shutil
 import sys
 import sysconfig
@@ -19,10 +20,11 @@ from pathlib import Path
 
 import cffi
 
-from ...protocol._cuda_tables import ERRORS
-from ._cudart_abi import EXPORTS, NON_ERROR_RETURNS, RUNTIME_VERSION
-
 HERE = Path(__file__).resolve().parent
+# Read by path, not imported: setup.py runs this file before qcuda (and its dependencies) is installed.
+ERRORS = runpy.run_path(str(HERE.parent.parent / "protocol" / "_cuda_tables.py"))["ERRORS"]
+_ABI = runpy.run_path(str(HERE / "_cudart_abi.py"))
+EXPORTS, NON_ERROR_RETURNS, RUNTIME_VERSION = _ABI["EXPORTS"], _ABI["NON_ERROR_RETURNS"], _ABI["RUNTIME_VERSION"]
 SONAME = "libcudart.so.13"
 MODULE = "_qcuda_cudart"
 VARIANTS = ("_ptsz", "_ptds")  # per-thread default stream variants: the same call here
