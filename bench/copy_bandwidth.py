@@ -31,16 +31,21 @@ def _reps(size: int) -> int:
     return max(8, min(200, BATCH_BYTES // size))
 
 
-def one_at_a_time(copy: Callable[[], None], size: int) -> float:
-    """GB/s of synchronous copies: the median of single timed copies."""
+def median_seconds(call: Callable[[], None], reps: int) -> float:
+    """The median time of single timed calls, after three untimed ones."""
     for _ in range(3):
-        copy()
+        call()
     times = []
-    for _ in range(_reps(size)):
+    for _ in range(reps):
         t = time.perf_counter()
-        copy()
+        call()
         times.append(time.perf_counter() - t)
-    return size / statistics.median(times) / 1e9
+    return statistics.median(times)
+
+
+def one_at_a_time(copy: Callable[[], None], size: int) -> float:
+    """GB/s of synchronous copies, one at a time."""
+    return size / median_seconds(copy, _reps(size)) / 1e9
 
 
 def batched(copy: Callable[[], None], finish: Callable[[], None], size: int) -> float:
@@ -77,7 +82,18 @@ def bench_qcuda(size: int) -> dict[str, dict[str, float]]:
     return results
 
 
-def bench_native(sizes: tuple[int, ...]) -> dict[int, dict[str, dict[str, float]]]:
+def latency_qcuda() -> dict[str, float]:
+    """Microseconds of a call with no device work (a pure round trip) and of a 4-byte synchronous copy."""
+    import qcuda
+    from qcuda.protocol import messages as m
+
+    dev = qcuda.Device(0)
+    host, buf = dev.allocate_host(4), dev.allocate(4)
+    return {"round_trip_us": median_seconds(lambda: dev.client.call(m.DeviceCount()), 1000) * 1e6,
+            "copy_4b_us": median_seconds(lambda: buf.copy_from(host), 1000) * 1e6}
+
+
+def bench_native(sizes: tuple[int, ...]) -> dict:
     """The same copies straight through the driver, between cuMemAllocHost and cuMemAlloc memory."""
     from cuda.bindings import driver as cu
 
@@ -88,7 +104,11 @@ def bench_native(sizes: tuple[int, ...]) -> dict[int, dict[str, dict[str, float]
     check(cu.cuCtxSetCurrent(check(cu.cuDevicePrimaryCtxRetain(device))))
     stream = check(cu.cuStreamCreate(int(cu.CUstream_flags.CU_STREAM_NON_BLOCKING)))
     finish = lambda: check(cu.cuStreamSynchronize(stream))  # noqa: E731
-    results = {}
+    results: dict = {}
+    host, buf = check(cu.cuMemAllocHost(4)), check(cu.cuMemAlloc(4))
+    results["latency"] = {"copy_4b_us": median_seconds(lambda: check(cu.cuMemcpyHtoD(buf, host, 4)), 1000) * 1e6}
+    check(cu.cuMemFree(buf))
+    check(cu.cuMemFreeHost(host))
     for size in sizes:
         host, buf = check(cu.cuMemAllocHost(size)), check(cu.cuMemAlloc(size))
         results[size] = {
@@ -113,8 +133,10 @@ def run() -> dict:
     report = {"device": dev.name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "results": []}
     qcuda_runs = {size: bench_qcuda(size) for size in SIZES}
+    report["qcuda_latency"] = latency_qcuda()
     qcuda.reset_runtime()
     native_runs = bench_native(SIZES)
+    report["native_latency"] = native_runs["latency"]
     for size in SIZES:
         native = native_runs[size]
         for direction in ("h2d", "d2h"):
@@ -132,6 +154,9 @@ def print_report(report: dict) -> None:
     for r in report["results"]:
         print(f"{r['size'] >> 20:>5} MiB {r['direction']:>4} {r['mode']:>6} {r['qcuda_gbps']:>11.2f} "
               f"{r['native_gbps']:>12.2f} {r['ratio']:>6.2f}")
+    q, n = report["qcuda_latency"], report["native_latency"]
+    print(f"4-byte synchronous H2D copy: qcuda {q['copy_4b_us']:.1f} us, native {n['copy_4b_us']:.1f} us; "
+          f"a qcuda call with no device work: {q['round_trip_us']:.1f} us")
 
 
 def main() -> None:
