@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import json
 import struct
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -19,7 +18,7 @@ from ..protocol import messages as m
 from ..protocol.codec import Frame, encode, encode_error
 from ..protocol.errors import CudaError, Error
 from ..protocol.messages import Flags
-from .backends.base import Backend, Context, Event, Fence, Function, Module, Stream
+from .backends.base import Backend, Context, Event, Fence, Function, Stream
 
 LEGACY_STREAM = 0
 

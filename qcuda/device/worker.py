@@ -19,7 +19,7 @@ from ..protocol.errors import CudaError, Error, RemoteProtocolError
 from .backends.base import Backend
 from .session import Session
 from .shm import HostChannel, map_region
-from .tcp import TcpHostChannel
+from .tcp import HANDLED, TcpHostChannel
 
 STATS = struct.Struct("<QQQQ")  # memory in use, calls, allocations, state (1 = serving)
 EOF_CHECK_SECONDS = 0.02
@@ -72,13 +72,14 @@ def run_tcp_guest(
         return
     publish(stats_buf, session, True)
     try:
-        while (data := channel.receive()) is not None:
-            if isinstance(data, Malformed):
-                _say(f"session {session_id}: guest sent an unreadable stream ({data.reason}); ending the session")
-                channel.post(encode(m.DeferredError(0, Error.cudaErrorInvalidValue, f"malformed stream: {data.reason}"),
+        while (frame := channel.receive()) is not None:
+            if isinstance(frame, Malformed) and frame.fatal:
+                _say(f"session {session_id}: guest sent an unreadable stream ({frame.reason}); ending the session")
+                channel.post(encode(m.DeferredError(0, Error.cudaErrorInvalidValue, f"malformed stream: {frame.reason}"),
                                     flags=m.Flags.HOST_MESSAGE))
                 return
-            _dispatch(data, channel.post, session, channel.serve_arena)
+            if frame is not HANDLED:
+                _dispatch(frame, channel.post, session)
             publish(stats_buf, session, True)
     finally:
         channel.closed = True
@@ -98,7 +99,7 @@ def _loop(conn: socket.socket, channel: HostChannel, session: Session, stats_buf
             return
         now = time.perf_counter()
         if data is not None:
-            _dispatch(data, channel.post, session)
+            _dispatch(decode(data), channel.post, session)
             idle_since = now
             if now - last_eof_check > EOF_CHECK_SECONDS:
                 last_eof_check = now
@@ -111,10 +112,8 @@ def _loop(conn: socket.socket, channel: HostChannel, session: Session, stats_buf
             return
 
 
-def _dispatch(data: bytes, post: Callable[[bytes], None], session: Session,
-              transport: Callable[[Frame], bool] | None = None) -> None:
-    """Decode one request and hand it to the transport (arena traffic) or the session."""
-    frame = decode(data)
+def _dispatch(frame: Frame | Malformed, post: Callable[[bytes], None], session: Session) -> None:
+    """Answer a malformed request, or hand a sound one to the session."""
     if isinstance(frame, Malformed):
         if frame.request_id is not None:
             post(encode_error(frame.command or 0, frame.request_id, Error.cudaErrorInvalidValue,
@@ -128,8 +127,6 @@ def _dispatch(data: bytes, post: Callable[[bytes], None], session: Session,
         return
     if isinstance(frame.message, m.Goodbye):
         post(encode(m.Empty(), frame.request_id, command=frame.command))
-        return
-    if transport is not None and transport(frame):
         return
     session.handle(frame)
 

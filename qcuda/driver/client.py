@@ -15,7 +15,7 @@ import threading
 import numpy as np
 
 from ..protocol import messages as m
-from ..protocol.codec import VERSION, Frame, Malformed, decode, encode
+from ..protocol.codec import VERSION, Frame, Malformed
 from ..protocol.errors import CudaError, Error, VersionMismatch
 from ..protocol.messages import Flags
 from ..protocol.urls import DeviceUrl
@@ -93,7 +93,7 @@ class Client:
             rid = next(self._ids)
             self._pending[rid] = pending
         try:
-            pending.indirect = self.channel.send(encode(msg, rid))
+            pending.indirect = self.channel.send_message(msg, rid)
         except ChannelClosed:
             self._lose_daemon()
             raise self.broken from None
@@ -110,7 +110,7 @@ class Client:
                 raise self.broken
             rid = next(self._ids)
         try:
-            self.channel.send(encode(msg, rid, Flags.NO_REPLY))
+            self.channel.send_message(msg, rid, Flags.NO_REPLY)
         except ChannelClosed:
             self._lose_daemon()
             raise self.broken from None
@@ -125,11 +125,10 @@ class Client:
     def _receive_loop(self) -> None:
         while True:
             try:
-                data = self.channel.receive()
+                frame = self.channel.receive()
             except ChannelClosed:
                 self._lose_daemon()
                 return
-            frame = decode(data)
             if isinstance(frame, Malformed):
                 print(f"qcuda: ignored a malformed message from {self.url}: {frame.reason}", file=sys.stderr)
                 continue
@@ -200,7 +199,7 @@ class Client:
         if self.channel.shared_arena:
             self.channel.arena[offset:offset + len(data)] = data
         else:
-            self.post(m.ArenaWrite(offset, bytes(data)))
+            self.post(m.ArenaWrite(offset, data))
 
     def _stage_out(self, offset: int, dst: memoryview) -> None:
         if self.channel.shared_arena:

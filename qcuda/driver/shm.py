@@ -17,7 +17,7 @@ import threading
 import time
 
 from ..protocol import messages as m
-from ..protocol.codec import VERSION, Frame, decode, encode
+from ..protocol.codec import Frame, Malformed, decode, encode
 from ..protocol.errors import CudaError, Error
 from ..protocol.ranges import RangeAllocator
 from ..protocol.region import (
@@ -89,8 +89,12 @@ class ShmChannel:
         return frame
 
     # -- sending --------------------------------------------------------------------------
+    def send_message(self, msg: m.Message, request_id: int, flags: int = 0) -> int | None:
+        """Queue one request. Returns an arena offset to free once it is answered, if it went indirect."""
+        return self.send(encode(msg, request_id, flags))
+
     def send(self, frame: bytes) -> int | None:
-        """Queue one request frame. Returns an arena offset to free once it is answered, if it went indirect."""
+        """Queue one encoded frame (see send_message)."""
         indirect = None
         if len(frame) + 8 > self._sq.max_record:
             indirect = self.arena_alloc(len(frame))
@@ -110,13 +114,13 @@ class ShmChannel:
         return indirect
 
     # -- receiving (one thread) ------------------------------------------------------------
-    def receive(self) -> bytes:
+    def receive(self) -> Frame | Malformed:
         """The next frame from the daemon; spins briefly, then sleeps. ChannelClosed when it is gone."""
         idle_since = time.perf_counter()
         while True:
             record = self._cq.pop()
             if record is not None:
-                return record[1]
+                return decode(record[1])
             if self.closed:
                 raise ChannelClosed
             idle = time.perf_counter() - idle_since

@@ -10,7 +10,7 @@ import socket
 import threading
 
 from ..protocol import messages as m
-from ..protocol.codec import Frame, FrameReader, encode
+from ..protocol.codec import HEADER_SIZE, Frame, Malformed, decode_parts, encode, encode_parts, peek_header
 from ..protocol.errors import CudaError, Error
 from ..protocol.ranges import RangeAllocator
 from ..protocol.urls import DeviceUrl
@@ -46,7 +46,7 @@ class TcpChannel:
         self.arena_allocator = RangeAllocator(arena_size, ARENA_ALIGNMENT)
         self.arena_lock = threading.Lock()
         self.remote = RangeAllocator(0, ARENA_ALIGNMENT)
-        self._reader = FrameReader()
+        self._file = None
         self._send_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self.closed = False
@@ -58,51 +58,48 @@ class TcpChannel:
             raise CudaError(Error.cudaErrorNoDevice, f"no qcuda daemon at {self.url}: {exc.strerror or exc}") from None
         tune(sock)
         self._sock = sock
+        self._file = sock.makefile("rb", buffering=1 << 20)
         sock.sendall(encode(hello, 1))
         try:
-            frame = self._next_frame()
+            frame = self.receive()
         except ChannelClosed:
             raise CudaError(Error.cudaErrorDevicesUnavailable, f"the daemon at {self.url} closed the connection") from None
+        if isinstance(frame, Malformed):
+            raise CudaError(Error.cudaErrorDevicesUnavailable, f"bad answer from {self.url}: {frame.reason}")
         sock.settimeout(None)
         if isinstance(frame.message, m.HelloReply):
             self.remote = RangeAllocator(frame.message.arena_size, ARENA_ALIGNMENT)
         return frame
 
-    def send(self, frame: bytes) -> None:
+    def send_message(self, msg: m.Message, request_id: int, flags: int = 0) -> None:
+        """Send one request; a large tail (an ARENA_WRITE's data) goes out without being copied into the frame."""
+        head, tail = encode_parts(msg, request_id, flags)
         if self.closed or self._sock is None:
             raise ChannelClosed
         with self._send_lock:
             try:
-                self._sock.sendall(frame)
+                self._sock.sendall(head)
+                if tail:
+                    self._sock.sendall(tail)
             except OSError:
                 raise ChannelClosed from None
 
-    def receive(self) -> bytes:
-        """The next whole frame; blocks in recv (the GIL is released there)."""
-        return self._next_frame(raw=True)
-
-    def _next_frame(self, raw: bool = False):
-        assert self._sock is not None
-        while True:
-            if raw:
-                data = self._reader.next_bytes()
-                if isinstance(data, bytes):
-                    return data
-                if data is not None:  # the byte stream cannot be trusted any more
-                    raise ChannelClosed
-            else:
-                frame = self._reader.next()
-                if isinstance(frame, Frame):
-                    return frame
-                if frame is not None:
-                    raise CudaError(Error.cudaErrorDevicesUnavailable, f"bad answer from {self.url}: {frame.reason}")
-            try:
-                chunk = self._sock.recv(1 << 20)
-            except OSError:
-                raise ChannelClosed from None
-            if not chunk:
+    def receive(self) -> Frame | Malformed:
+        """The next frame; blocks in recv (the GIL is released there). ChannelClosed at EOF."""
+        assert self._file is not None
+        try:
+            head = self._file.read(HEADER_SIZE)
+            if len(head) < HEADER_SIZE:
                 raise ChannelClosed
-            self._reader.feed(chunk)
+            header = peek_header(head)
+            if isinstance(header, Malformed):
+                raise ChannelClosed  # the byte stream cannot be trusted any more
+            payload = self._file.read(header[5])
+        except (OSError, ValueError):
+            raise ChannelClosed from None
+        if len(payload) < header[5]:
+            raise ChannelClosed
+        return decode_parts(header, payload)
 
     def arena_alloc(self, size: int) -> int:
         return _take(self.arena_allocator, self.arena_lock, size, "local pinned-memory arena")

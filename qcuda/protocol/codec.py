@@ -50,17 +50,29 @@ class Malformed:
 
 def encode(message: Message, request_id: int = 0, flags: int = 0, command: int | None = None) -> bytes:
     """The frame for `message`; a reply carries its request's `command` (needed for `Empty`)."""
+    head, tail = encode_parts(message, request_id, flags, command)
+    return head + tail
+
+
+def encode_parts(message: Message, request_id: int = 0, flags: int = 0,
+                 command: int | None = None) -> tuple[bytes, bytes | memoryview]:
+    """The frame as (header and fixed fields, tail): a stream sends both without joining a large tail."""
     try:
         values = [getattr(message, n) for n in message._fixed]
-        payload = message._struct.pack(*values)
+        fixed = message._struct.pack(*values)
     except struct.error as exc:
         raise LocalProtocolError(f"{type(message).__name__}: {exc}") from None
+    tail: bytes | memoryview = b""
     if message.TAIL is not None:
-        tail = getattr(message, message.TAIL)
-        payload += tail.encode() if isinstance(tail, str) else bytes(tail)
+        value = getattr(message, message.TAIL)
+        tail = value.encode() if isinstance(value, str) else value
     if isinstance(message, Reply):
         flags |= Flags.REPLY
-    return _frame(message.CMD if command is None else command, flags, 0, request_id, payload)
+    length = len(fixed) + len(tail)
+    if length > MAX_PAYLOAD:
+        raise LocalProtocolError(f"payload of {length} bytes exceeds the {MAX_PAYLOAD}-byte frame limit")
+    cmd = message.CMD if command is None else command
+    return HEADER.pack(MAGIC, VERSION, cmd, flags, 0, request_id, length) + fixed, tail
 
 
 def encode_error(command: int, request_id: int, status: int, detail: str = "") -> bytes:
@@ -93,12 +105,14 @@ def decode(data: bytes) -> Frame | Malformed:
     header = peek_header(data)
     if isinstance(header, Malformed):
         return header
+    return decode_parts(header, data[HEADER_SIZE:])
+
+
+def decode_parts(header: tuple[int, int, int, int, int, int], payload: bytes) -> Frame | Malformed:
+    """Decode a frame whose header (from `peek_header`) and payload were read separately."""
     version, command, flags, status, request_id, length = header
-    if len(data) != HEADER_SIZE + length:
-        return Malformed(
-            f"frame holds {len(data) - HEADER_SIZE} payload bytes, header says {length}", request_id, command, version
-        )
-    payload = data[HEADER_SIZE:]
+    if len(payload) != length:
+        return Malformed(f"frame holds {len(payload)} payload bytes, header says {length}", request_id, command, version)
     if version != VERSION:
         if command == Cmd.HELLO:  # answered with a clear refusal, whatever the rest says
             return Frame(command, flags, status, request_id, None, "", version)

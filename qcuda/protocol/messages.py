@@ -95,7 +95,7 @@ class Message:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == self.TAIL:
-                if not isinstance(value, (bytes, str)):
+                if not isinstance(value, (bytes, str, memoryview)):
                     raise TypeError(f"{type(self).__name__}.{f.name} must be bytes or str")
             elif not isinstance(value, (int, float)):
                 raise TypeError(f"{type(self).__name__}.{f.name} must be a number, not {type(value).__name__}")
