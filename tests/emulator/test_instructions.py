@@ -126,7 +126,15 @@ def test_integer_instruction(instruction, ref):
     np.testing.assert_array_equal(got, expect.astype(np.uint32))
 
 
+def _ftz(x) -> np.float32:
+    x = np.float32(x)
+    return np.copysign(np.float32(0), x) if abs(x) < np.finfo(np.float32).tiny else x
+
+
 FLOAT_CASES = [
+    ("mul.ftz.f32 %f3, %f1, %f2;\n    mov.b32 %r4, %f3;", lambda f, g: _ftz(_ftz(f) * _ftz(g))),
+    ("mul.f32 %f3, %f1, %f2;\n    mov.b32 %r4, %f3;", lambda f, g: np.float32(f) * np.float32(g)),
+    ("setp.eq.ftz.f32 %p1, %f1, 0f00000000;\n    selp.u32 %r4, 1, 0, %p1;", lambda f, g: int(_ftz(f) == 0)),
     ("testp.finite.f32 %p1, %f1;\n    selp.u32 %r4, 1, 0, %p1;", lambda f, g: int(np.isfinite(f))),
     ("testp.subnormal.f32 %p1, %f1;\n    selp.u32 %r4, 1, 0, %p1;",
      lambda f, g: int(f != 0 and abs(f) < np.finfo(np.float32).tiny)),
@@ -148,8 +156,8 @@ def test_float_instruction(instruction, ref):
     n = 96
     f = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 12, n)).astype(np.float32)
     g = (rng.standard_normal(n) * 100).astype(np.float32)
-    f[:8] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 2.5, -3.5]
-    g[:8] = [1.0, np.nan, 2.0, -0.0, 0.0, -1.0, 2.5, np.nan]
+    f[:10] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 2.5, -3.5, 1e-20, -3e-39]
+    g[:10] = [1.0, np.nan, 2.0, -0.0, 0.0, -1.0, 2.5, np.nan, 1e-20, 1.0]
     got = _run(instruction, f.view(np.uint32), g.view(np.uint32), np.zeros(n, np.uint32))
     with np.errstate(invalid="ignore"):
         expect = [ref(x, y) for x, y in zip(f, g)]

@@ -89,6 +89,16 @@ def blend(dst: np.ndarray, value, m) -> None:
     np.bitwise_xor(d, t, out=d)
 
 
+_TINY32 = np.float32(np.finfo(np.float32).tiny)
+F32 = np.dtype(np.float32)
+
+
+def flush_subnormals(x):
+    """.ftz: single-precision subnormals read and written as zero of the same sign."""
+    x = np.asarray(x)
+    return np.where(np.abs(x) < _TINY32, np.copysign(np.float32(0), x), x).astype(np.float32, copy=False)
+
+
 def int_like(dt: np.dtype, signed: bool) -> np.dtype:
     return (SINT if signed else UINT)[dt.itemsize]
 
@@ -129,6 +139,7 @@ class Frame:
             name: np.zeros(n, dtype=DTYPES[t]) for name, t in kernel.regs.items()
         }
         self._views: dict[tuple[str, np.dtype], np.ndarray] = {}
+        self.ftz = False  # set while binding a .ftz instruction: f32 operands are flushed
         self.shared_size = shared_bytes
         self.shared = np.zeros(max(nblocks * shared_bytes, 16), dtype=np.uint8)
         self.local_size = kernel.local_size
@@ -193,6 +204,12 @@ class Frame:
 
     def src(self, op, dt: np.dtype) -> Getter:
         """A getter for a source operand's value as `dt` (array of n, or a scalar)."""
+        get = self._src(op, dt)
+        if self.ftz and dt == F32:
+            return lambda: flush_subnormals(get())
+        return get
+
+    def _src(self, op, dt: np.dtype) -> Getter:
         if isinstance(op, Imm):
             value = imm_scalar(op, dt)
             return lambda: value
@@ -241,6 +258,10 @@ class Frame:
         if op.name not in self.regs:
             raise CudaError(Error.cudaErrorInvalidPtx, f"undeclared or read-only register {op.name}")
         v = self.view(op.name, dt)
+        if v is not None and self.ftz and dt == F32:
+            def write_flushed(value, m, v=v):
+                blend(v, flush_subnormals(value), m)
+            return None, write_flushed
         if v is not None:
             def write(value, m, v=v):
                 blend(v, value, m)

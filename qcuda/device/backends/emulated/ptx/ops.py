@@ -8,9 +8,9 @@ active threads' addresses, so an inactive thread can never fault. Anything not i
 `Unsupported` (cudaErrorNotSupported) naming the instruction, never a silent wrong answer.
 
 Float arithmetic is correctly rounded, fma included, in every rounding mode (.rn, and .rz/.rm/.rp
-from the exact error of each operation; fma.f64 with .rz/.rm/.rp is refused). Deliberate
-approximations, each a later issue: `.approx` math is computed to full precision, and `.ftz`
-does not flush subnormals.
+from the exact error of each operation; fma.f64 with .rz/.rm/.rp is refused); `.ftz` flushes
+single-precision subnormal operands and results. Deliberate approximation, a later issue:
+`.approx` math (sin, ex2, rsqrt, ...) is computed to full precision, closer than the hardware.
 """
 from __future__ import annotations
 
@@ -1468,6 +1468,17 @@ _MAKERS: dict[str, Callable[[Instruction, list[str]], Factory]] = {
 }
 
 
+def _flushing(factory: Factory) -> Factory:
+    """Bind with f32 sources and results flushed to zero when subnormal (.ftz)."""
+    def bind(fr: Frame) -> Run:
+        fr.ftz = True
+        try:
+            return factory(fr)
+        finally:
+            fr.ftz = False
+    return bind
+
+
 _ROUNDED = ("add", "sub", "mul", "mad", "fma", "div", "sqrt", "rcp")
 _DIRECTED = {"rz", "rm", "rp"}
 
@@ -1483,6 +1494,8 @@ def decode(inst: Instruction) -> Factory:
         factory = _make_directed(inst, parts[0], directed.pop()) if directed else maker(inst, parts[1:])
     except Unsupported as e:
         raise Unsupported(f"{e.detail.removeprefix('the PTX emulator does not support ')} (line {inst.line})") from None
+    if "ftz" in parts:
+        factory = _flushing(factory)
     if inst.guard is None:
         return factory
     name, negated = inst.guard
