@@ -99,6 +99,17 @@ def test_module_variables(built, emu):
 
 
 @needs_nvcc
+def test_managed_struct_and_constant_variables(built, emu):
+    mod = emu.load(built.ptx("misc.cu"))
+    addr, size = mod.global_symbol("c2")
+    assert size == 8
+    emu.memory.write(addr, np.array([0, 100], np.int32).tobytes())  # cudaMemcpyToSymbol
+    out = np.zeros(4, np.int32)
+    emu.run(mod, "more_globals", 1, 4, out)
+    np.testing.assert_array_equal(out, [5 + x + 2 + 100 + 3 + 4 for x in (5, 6, 7, 8)])
+
+
+@needs_nvcc
 def test_variable_initialised_with_an_address(built, emu):
     mod = emu.load(built.ptx("misc.cu"))
     out = np.zeros(3, np.int32)

@@ -86,3 +86,14 @@ extern "C" __global__ void atomics_mix(const int* in, float* fsum, int* imax, in
     __syncthreads();
     if (t < 8) block_hist[blockIdx.x * 8 + t] = hist[t];
 }
+
+// Managed, 2D, double and struct module variables, and a constant array set from the host.
+__managed__ int mcount = 5;
+__device__ float dtab[3][4] = {{1, 2, 3, 4}, {5, 6, 7, 8}};
+__device__ double dval = 2.5;
+__constant__ int c2[2];
+struct Pair { int a; float b; };
+__device__ Pair sv = {3, 4.5f};
+extern "C" __global__ void more_globals(int* out) {
+    out[threadIdx.x] = mcount + (int)dtab[1][threadIdx.x & 3] + (int)dval + c2[1] + sv.a + (int)sv.b;
+}

@@ -319,6 +319,12 @@ class _Parser:
             if tok == ".align":
                 self.next()
                 align = self.integer()
+            elif tok == ".attribute":  # .attribute(.managed): unified memory, an ordinary global here
+                self.next()
+                self.expect("(")
+                while not self.accept(")"):
+                    if self.next()[0] == "eof":
+                        raise self.error("unterminated .attribute")
             elif tok in (".v2", ".v4", ".v8"):
                 raise self.error("vector-typed variables are not supported")
             elif kind == "directive":
