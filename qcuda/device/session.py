@@ -72,10 +72,12 @@ class _Table:
 class Session:
     """Turns one guest's frames into backend work and posts the answers with `post`."""
 
-    def __init__(self, backend: Backend, arena: memoryview | None, post: Callable[[bytes], None]) -> None:
+    def __init__(self, backend: Backend, arena: memoryview | None, post: Callable[[bytes], None],
+                 flush_output: Callable[[], None] = lambda: None) -> None:
         self.backend = backend
         self.arena = arena
         self.post = post
+        self._flush_output = flush_output  # device printf reaches the guest before a synchronous answer
         self.stats = Stats()
         self._contexts: dict[int, Context] = {}
         self._arena_base: dict[int, int] = {}
@@ -127,7 +129,10 @@ class Session:
 
     def _answer_later(self, frame: Frame, later: Later) -> None:
         try:
-            later.fence.wait()
+            try:
+                later.fence.wait()
+            finally:
+                self._flush_output()
             answer = encode(later.reply, frame.request_id, command=frame.command)
         except CudaError as exc:
             self._fail(frame, exc)

@@ -6,10 +6,13 @@ worker frees everything and exits.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import socket
 import struct
+import sys
+import threading
 import time
 from typing import Callable
 
@@ -23,6 +26,54 @@ from .tcp import HANDLED, TcpHostChannel
 
 STATS = struct.Struct("<QQQQ")  # memory in use, calls, allocations, state (1 = serving)
 EOF_CHECK_SECONDS = 0.02
+
+
+class OutputForwarder:
+    """The worker's stdout becomes the guest's: device printf output travels as PRINTF messages.
+
+    Both backends write device printf to the process's stdout (the CUDA driver at synchronisation
+    points, the emulator as kernels run). The worker points fd 1 at a pipe; a thread forwards what
+    arrives, and `drain()` forwards everything written so far before a synchronous answer, so the
+    output reaches the guest before its synchronising call returns, as CUDA orders it.
+    """
+
+    def __init__(self, post: Callable[[bytes], None]) -> None:
+        self._post = post
+        self._read, write = os.pipe()
+        os.set_blocking(self._read, False)
+        sys.stdout.flush()
+        os.dup2(write, 1)
+        os.close(write)
+        self._libc = ctypes.CDLL(None)
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, name="qcuda-printf", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            select.select([self._read], [], [])
+            if not self._forward():
+                return
+
+    def _forward(self) -> bool:
+        with self._lock:
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(self._read, 1 << 16)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    return False
+                chunks.append(chunk)
+            if chunks:
+                self._post(encode(m.Printf(b"".join(chunks)), flags=m.Flags.HOST_MESSAGE))
+            return True
+
+    def drain(self) -> None:
+        """Forward all output written so far (C stdio and Python buffers included)."""
+        sys.stdout.flush()
+        self._libc.fflush(None)
+        self._forward()
 
 
 def publish(stats_buf, session: Session | None, serving: bool) -> None:
@@ -42,7 +93,7 @@ def run_shm_guest(
         region, geometry = map_region(fds[0])
         channel = HostChannel(region, geometry, fds[1], fds[2])
         backend = make_backend()
-        session = Session(backend, channel.arena, channel.post)
+        session = Session(backend, channel.arena, channel.post, OutputForwarder(channel.post).drain)
         conn.sendall(encode(m.HelloReply(VERSION, 0, session_id, backend.device_count(), 0), hello.request_id))
     except (RemoteProtocolError, OSError, CudaError) as exc:
         code = exc.code if isinstance(exc, CudaError) else Error.cudaErrorInvalidValue
@@ -64,7 +115,7 @@ def run_tcp_guest(
     channel = TcpHostChannel(conn)
     try:
         backend = make_backend()
-        session = Session(backend, channel.arena, channel.post)
+        session = Session(backend, channel.arena, channel.post, OutputForwarder(channel.post).drain)
         conn.sendall(encode(m.HelloReply(VERSION, 0, session_id, backend.device_count(), len(channel.arena)),
                             hello.request_id))
     except (OSError, CudaError) as exc:

@@ -146,44 +146,61 @@ class DeviceMemory:
     def load(self, addrs: np.ndarray, dtype: np.dtype) -> np.ndarray:
         """One value of `dtype` from each address (uint64 array). Faults like a GPU does."""
         dtype = np.dtype(dtype)
-        seg, offs = self._locate(addrs, dtype.itemsize)
-        return seg.data[: seg.data.size - seg.data.size % dtype.itemsize].view(dtype)[offs // dtype.itemsize]
+        parts = self._locate(addrs, dtype.itemsize)
+        if len(parts) == 1 and parts[0][1] is None:
+            seg, _, offs = parts[0]
+            return _typed(seg, dtype)[offs // dtype.itemsize]
+        out = np.empty(len(addrs), dtype=dtype)
+        for seg, mask, offs in parts:
+            out[mask] = _typed(seg, dtype)[offs // dtype.itemsize]
+        return out
 
     def store(self, addrs: np.ndarray, values: np.ndarray) -> None:
         """Store values[i] at addrs[i]; the width is the values' dtype."""
         values = np.asarray(values)
-        seg, offs = self._locate(addrs, values.dtype.itemsize)
-        seg.data[: seg.data.size - seg.data.size % values.dtype.itemsize].view(values.dtype)[
-            offs // values.dtype.itemsize
-        ] = values
+        dtype = values.dtype
+        for seg, mask, offs in self._locate(addrs, dtype.itemsize):
+            _typed(seg, dtype)[offs // dtype.itemsize] = values if mask is None else values[mask]
 
-    def _locate(self, addrs: np.ndarray, width: int) -> tuple[Segment, np.ndarray]:
+    def _locate(self, addrs: np.ndarray, width: int) -> list[tuple[Segment, np.ndarray | None, np.ndarray]]:
+        """(segment, which addresses, their offsets) for every segment the addresses touch; faults if any is invalid."""
         addrs = np.asarray(addrs, dtype=np.uint64)
         if addrs.size == 0:
-            return self._heap, np.zeros(0, dtype=np.int64)
+            return [(self._heap, None, np.zeros(0, dtype=np.int64))]
         if np.any(addrs % np.uint64(width)):
             raise CudaError(Error.cudaErrorMisalignedAddress, f"{width}-byte access at a misaligned address")
         lo, hi = int(addrs.min()), int(addrs.max()) + width
-        seg = None
-        for s in self._segments:
-            if s.base <= lo and hi <= s.base + s.size:
-                seg = s
-                break
-        if seg is None:
-            if len(self._segments) > 1:
-                return self._locate_mixed(addrs, width)
-            raise CudaError(Error.cudaErrorIllegalAddress, f"access at 0x{lo:x} is outside device memory")
-        if seg.checked:
-            starts, ends = self._arr_starts, self._arr_ends
-            idx = np.searchsorted(starts, addrs, side="right").astype(np.int64) - 1
-            bad = (idx < 0) | (addrs + np.uint64(width) > ends[np.maximum(idx, 0)]) if starts.size else None
-            if bad is None or np.any(bad):
-                first = int(addrs[np.argmax(bad)]) if bad is not None else lo
-                raise CudaError(Error.cudaErrorIllegalAddress, f"{width}-byte access at 0x{first:x} is outside every allocation")
-        return seg, (addrs - np.uint64(seg.base)).astype(np.int64)
+        for seg in self._segments:
+            if seg.base <= lo and hi <= seg.base + seg.size:
+                self._check_allocated(seg, addrs, width)
+                return [(seg, None, (addrs - np.uint64(seg.base)).astype(np.int64))]
+        parts = []
+        covered = np.zeros(addrs.size, dtype=bool)
+        for seg in self._segments:
+            mask = (addrs >= np.uint64(seg.base)) & (addrs + np.uint64(width) <= np.uint64(seg.base + seg.size))
+            if mask.any():
+                inside = addrs[mask]
+                self._check_allocated(seg, inside, width)
+                parts.append((seg, mask, (inside - np.uint64(seg.base)).astype(np.int64)))
+                covered |= mask
+        if not covered.all():
+            first = int(addrs[np.argmin(covered)])
+            raise CudaError(Error.cudaErrorIllegalAddress, f"{width}-byte access at 0x{first:x} is outside device memory")
+        return parts
 
-    def _locate_mixed(self, addrs: np.ndarray, width: int):
-        raise CudaError(
-            Error.cudaErrorNotSupported,
-            "one vectorised access spanning device memory and mapped host memory is not supported by the emulator",
-        )
+    def _check_allocated(self, seg: Segment, addrs: np.ndarray, width: int) -> None:
+        if not seg.checked:
+            return
+        starts, ends = self._arr_starts, self._arr_ends
+        if not starts.size:
+            raise CudaError(Error.cudaErrorIllegalAddress, f"access at 0x{int(addrs[0]):x}: nothing is allocated")
+        idx = np.searchsorted(starts, addrs, side="right").astype(np.int64) - 1
+        bad = (idx < 0) | (addrs + np.uint64(width) > ends[np.maximum(idx, 0)])
+        if np.any(bad):
+            first = int(addrs[np.argmax(bad)])
+            raise CudaError(Error.cudaErrorIllegalAddress, f"{width}-byte access at 0x{first:x} is outside every allocation")
+
+
+def _typed(seg: Segment, dtype: np.dtype) -> np.ndarray:
+    """The segment's bytes as an array of `dtype` (accesses are aligned, so offsets divide evenly)."""
+    return seg.data[: seg.data.size - seg.data.size % dtype.itemsize].view(dtype)

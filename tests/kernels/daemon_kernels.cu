@@ -1,0 +1,25 @@
+// Kernels the daemon-level tests launch through a guest (built to PTX by the test fixture).
+#include <cstdio>
+
+extern "C" __global__ void scale(float *x, float a, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= a;
+}
+
+extern "C" __global__ void hello(int n)
+{
+    if (threadIdx.x < n) printf("hello %d of block %d\n", threadIdx.x, blockIdx.x);
+}
+
+extern "C" __global__ void write_far(int *p, long long offset)
+{
+    p[offset] = 1;  // out of bounds when offset is large: cudaErrorIllegalAddress
+}
+
+struct Pair { int a; double b; };
+
+extern "C" __global__ void take_struct(Pair p, double *out)
+{
+    *out = p.a + p.b;
+}

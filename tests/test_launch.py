@@ -1,0 +1,112 @@
+"""Kernels through a real daemon: launches, parameters, device printf, faults that end one guest's context."""
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+from pathlib import Path
+
+KERNELS = Path(__file__).resolve().parent / "kernels" / "daemon_kernels.cu"
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc to build the test kernels")
+
+
+@pytest.fixture(scope="module")
+def ptx(tmp_path_factory) -> bytes:
+    if shutil.which("nvcc") is None:
+        pytest.skip("needs nvcc")
+    out = tmp_path_factory.mktemp("ptx") / "k.ptx"
+    subprocess.run(["nvcc", "-ptx", "-arch=sm_90", "-o", str(out), str(KERNELS)], check=True)
+    return out.read_bytes()
+
+
+@needs_nvcc
+def test_launch_with_scalars_and_buffers(guest, ptx):
+    dev = guest.Device(0)
+    kernel = dev.load_module(ptx).get_kernel("scale")
+    assert [size for _, size in kernel.param_layout] == [8, 4, 4]
+    x = np.arange(1000, dtype=np.float32)
+    buf = dev.to_device(x)
+    kernel.launch(4, 256, buf, np.float32(2.5), np.int32(1000))
+    assert np.array_equal(buf.to_numpy(np.float32), x * np.float32(2.5))
+    kernel.launch(4, 256, buf, 2.0, 1000)  # Python numbers take the parameter's width
+    assert np.array_equal(buf.to_numpy(np.float32), x * np.float32(2.5) * 2)
+
+
+@needs_nvcc
+def test_struct_parameter_as_raw_bytes(guest, ptx):
+    dev = guest.Device(0)
+    kernel = dev.load_module(ptx).get_kernel("take_struct")
+    out = dev.allocate(8)
+    kernel.launch(1, 1, struct.pack("<i4xd", 3, 0.25), out)
+    assert out.to_numpy(np.float64)[0] == 3.25
+
+
+@needs_nvcc
+def test_launch_errors(guest, ptx):
+    dev = guest.Device(0)
+    kernel = dev.load_module(ptx).get_kernel("scale")
+    buf = dev.allocate(16)
+    with pytest.raises(guest.CudaError) as err:
+        kernel.launch(1, 2048, buf, 1.0, 4)
+    assert err.value.code == guest.Error.cudaErrorInvalidConfiguration
+    with pytest.raises(TypeError):
+        kernel.launch(1, 1, buf, 1.0)
+    with pytest.raises(guest.CudaError) as err:
+        dev.load_module(ptx).get_kernel("no_such_kernel")
+    assert err.value.code == guest.Error.cudaErrorSymbolNotFound
+
+
+@needs_nvcc
+def test_device_printf_reaches_the_guest_before_sync_returns(daemon, ptx, tmp_path):
+    path = tmp_path / "k.ptx"
+    path.write_bytes(ptx)
+    code = (
+        "import qcuda, numpy as np\n"
+        "dev = qcuda.Device(0)\n"
+        f"k = dev.load_module(open({str(path)!r}, 'rb').read()).get_kernel('hello')\n"
+        "print('before', flush=True)\n"
+        "k.launch(2, 3, np.int32(2))\n"
+        "dev.synchronize()\n"
+        "print('after', flush=True)\n"
+    )
+    proc = daemon.guest(code)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "before" and lines[-1] == "after"
+    assert sorted(lines[1:-1]) == sorted(f"hello {t} of block {b}" for t in range(2) for b in range(2))
+
+
+@needs_nvcc
+def test_fault_ends_only_that_guests_context(daemon, ptx, tmp_path):
+    path = tmp_path / "k.ptx"
+    path.write_bytes(ptx)
+    faulty = (
+        "import qcuda, numpy as np\n"
+        "dev = qcuda.Device(0)\n"
+        f"k = dev.load_module(open({str(path)!r}, 'rb').read()).get_kernel('write_far')\n"
+        "p = dev.allocate(16)\n"
+        "k.launch(1, 1, p, np.int64(1 << 40))\n"
+        "try:\n"
+        "    dev.synchronize()\n"
+        "except qcuda.CudaError as e:\n"
+        "    print('sync', e.code)\n"
+        "try:\n"
+        "    dev.allocate(16)\n"
+        "except qcuda.CudaError as e:\n"
+        "    print('after', e.code)\n"
+    )
+    proc = daemon.guest(faulty)
+    healthy = daemon.guest(
+        "import qcuda, numpy as np\n"
+        "dev = qcuda.Device(0)\n"
+        "b = dev.to_device(np.arange(100))\n"
+        "print('ok' if (b.to_numpy(np.int64) == np.arange(100)).all() else 'bad')\n"
+    )
+    out, err = proc.communicate(timeout=120)
+    assert out.split() == ["sync", "700", "after", "700"], err
+    out, err = healthy.communicate(timeout=120)
+    assert out.strip() == "ok", err
