@@ -83,6 +83,8 @@ class Session:
         self._arena_base: dict[int, int] = {}
         self._allocs: dict[int, tuple[int, int]] = {}  # ptr -> (size, device)
         self._starts: list[int] = []
+        # module handle -> {address: (size, device)}: module variables, which copies may name like allocations
+        self._variables: dict[int, dict[int, tuple[int, int]]] = {}
         self._streams = _Table("stream", Error.cudaErrorInvalidResourceHandle)
         self._events = _Table("event", Error.cudaErrorInvalidResourceHandle)
         self._modules = _Table("module", Error.cudaErrorInvalidResourceHandle)
@@ -184,6 +186,10 @@ class Session:
             length, device = self._allocs[start]
             if ptr + size <= start + max(length, 1) and size >= 0:
                 return device
+        for variables in self._variables.values():
+            for start, (length, device) in variables.items():
+                if start <= ptr and ptr + size <= start + length and size >= 0:
+                    return device
         if self.arena is not None:
             for device, base in self._arena_base.items():
                 if base <= ptr and ptr + size <= base + len(self.arena):
@@ -228,6 +234,7 @@ class Session:
         for ptr, (size, device) in list(self._allocs.items()):
             if device == msg.device:
                 self._forget_alloc(ptr)
+        self._variables = {h: v for h, v in self._variables.items() if h in self._modules._items}
         self._arena_base.pop(msg.device, None)
         ctx.close()
 
@@ -355,6 +362,7 @@ class Session:
 
     def _module_unload(self, msg: m.ModuleUnload) -> None:
         device, module = self._modules.pop(msg.module)
+        self._variables.pop(msg.module, None)
         for handle, (_, fn) in list(self._functions._items.items()):
             if getattr(fn, "module", None) is module:
                 del self._functions._items[handle]
@@ -369,7 +377,9 @@ class Session:
 
     def _module_get_global(self, msg: m.ModuleGetGlobal) -> m.Message:
         device, module = self._modules.get(msg.module)
-        return m.ModuleGetGlobalReply(*module.global_symbol(msg.name))
+        ptr, size = module.global_symbol(msg.name)
+        self._variables.setdefault(msg.module, {})[ptr] = (size, device)
+        return m.ModuleGetGlobalReply(ptr, size)
 
     def _launch(self, msg: m.Launch) -> None:
         device, fn = self._functions.get(msg.function)
