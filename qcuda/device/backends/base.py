@@ -53,6 +53,20 @@ class Fence(ABC):
         """Non-blocking check (raises like `wait` once done with an error)."""
 
 
+class AllDone(Fence):
+    """Done when every one of several fences is (cudaDeviceSynchronize over all streams)."""
+
+    def __init__(self, fences: list[Fence]) -> None:
+        self._fences = fences
+
+    def wait(self) -> None:
+        for f in self._fences:
+            f.wait()
+
+    def done(self) -> bool:
+        return all(f.done() for f in self._fences)
+
+
 class Event(ABC):
     @abstractmethod
     def query(self) -> bool: ...

@@ -15,7 +15,7 @@ import numpy as np
 
 from ....protocol.errors import CudaError, Error
 from ..base import (
-    EVENT_DISABLE_TIMING, MODULE_IMAGE, STREAM_NON_BLOCKING, Backend, Context, DeviceInfo, Event, Fence,
+    EVENT_DISABLE_TIMING, AllDone, MODULE_IMAGE, STREAM_NON_BLOCKING, Backend, Context, DeviceInfo, Event, Fence,
     Function, Module, Stream,
 )
 from .memory import DEVICE_BASE, DeviceMemory
@@ -90,18 +90,6 @@ class _Done(Fence):
         if finished:
             self._ctx.raise_sticky()
         return finished
-
-
-class _AllDone(Fence):
-    def __init__(self, fences: list[Fence]) -> None:
-        self._fences = fences
-
-    def wait(self) -> None:
-        for f in self._fences:
-            f.wait()
-
-    def done(self) -> bool:
-        return all(f.done() for f in self._fences)
 
 
 class EmulatedEvent(Event):
@@ -323,7 +311,7 @@ class EmulatedContext(Context):
     def synchronize_fence(self) -> Fence:
         with self.order_lock:
             streams = [self.default_stream, *self._streams]
-        return _AllDone([s.fence() for s in streams])
+        return AllDone([s.fence() for s in streams])
 
     def close(self) -> None:
         for stream in [self.default_stream, *self._streams]:
