@@ -201,11 +201,11 @@ def _ptx_kernel(body: str, params: str = "") -> bytes:
 
 
 def test_unsupported_instruction_fails_the_launch_by_name(emu):
-    mod = emu.load(_ptx_kernel("\tmov.u32 %r1, %tid.x;\n\tcp.async.ca.shared.global [%r1], [%rd1], 16;"))
+    mod = emu.load(_ptx_kernel("\tmov.u32 %r1, %tid.x;\n\tcp.async.bulk.prefetch.L2.global [%rd1], 16;"))
     with pytest.raises(CudaError) as e:
         mod.functions["k"].launch((1, 1, 1), (32, 1, 1), 0, b"")
     assert e.value.code == Error.cudaErrorNotSupported
-    assert "cp.async.ca.shared.global" in str(e.value)
+    assert "cp.async.bulk.prefetch.L2.global" in str(e.value)
 
 
 def test_out_of_bounds_access_is_an_illegal_address(emu):

@@ -82,3 +82,15 @@ def test_nbody_accelerations(built, emu):
     inv = 1.0 / np.sqrt((d ** 2).sum(axis=2) + 0.01)
     expect = (d * (p[None, :, 3] * inv ** 3)[:, :, None]).sum(axis=1)
     np.testing.assert_allclose(acc, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_async_copies_to_shared_memory(built, emu):
+    mod = emu.load(built.ptx("samples.cu"))
+    n, block = 256, 128
+    x = rng.standard_normal((n, 4)).astype(np.float32)
+    part = rng.integers(0, 2, n, dtype=np.int32)
+    out = np.zeros((n, 4), np.float32)
+    emu.run(mod, "async_stage", n // block, block, x, out, part, np.int32(n))
+    staged = np.where(part[:, None] == 1, np.c_[x[:, :2], np.zeros((n, 2), np.float32)], x)
+    expect = staged.reshape(-1, block, 4)[:, ::-1].reshape(n, 4)
+    np.testing.assert_array_equal(out, expect)

@@ -112,3 +112,20 @@ extern "C" __global__ void nbody_accel(const float4* pos, float3* acc, int n) {
     }
     if (i < n) acc[i] = make_float3(ax, ay, az);
 }
+
+// Asynchronous copies into shared memory (cp.async), then a reversed read.
+#include <cuda_pipeline.h>
+extern "C" __global__ void async_stage(const float4* in, float4* out, const int* part, int n) {
+    __shared__ float4 s[128];
+    int t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+    s[t] = make_float4(-1, -1, -1, -1);
+    __syncthreads();
+    if (i < n) {
+        if (part[i]) __pipeline_memcpy_async(&s[t], &in[i], sizeof(float4), sizeof(float4) - 8);  // zero-fills z, w
+        else __pipeline_memcpy_async(&s[t], &in[i], sizeof(float4));
+    }
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    if (i < n) out[i] = s[blockDim.x - 1 - t];
+}

@@ -1073,6 +1073,51 @@ _ATOM_OPS: dict[str, Callable] = {
 }
 
 
+def _make_cp(inst: Instruction, mods: list[str]) -> Factory:
+    """cp.async global -> shared, done at once (so commit_group/wait_group have nothing to wait
+    for); bytes past the optional source size are zero-filled."""
+    if mods[:1] != ["async"]:
+        raise Unsupported(f"instruction {inst.opcode}")
+    if any(m in ("commit_group", "wait_group", "wait_all") for m in mods):
+        return _no_op(inst, mods)
+    if "bulk" in mods or "shared" not in [m.removesuffix("::cta") for m in mods] or "global" not in mods:
+        raise Unsupported(f"instruction {inst.opcode}")
+    ops = inst.operands
+    if len(ops) not in (3, 4) or not all(isinstance(x, Addr) for x in ops[:2]) or not isinstance(ops[2], Imm):
+        raise Unsupported(f"this form of {inst.opcode}")
+    dst, src, size = ops[0], ops[1], int(ops[2].value)
+    if size not in (4, 8, 16):
+        raise CudaError(Error.cudaErrorInvalidPtx, f"{inst}: cp-size must be 4, 8 or 16")
+    u8, u32 = np.dtype(np.uint8), DTYPES["u32"]
+    offsets = np.arange(size, dtype=np.uint64)
+
+    def factory(fr: Frame) -> Run:
+        gd, gs = fr.address(dst), fr.address(src)
+        gsize = fr.src(ops[3], u32) if len(ops) == 4 else None
+
+        def run(m):
+            d, s_ = gd(), gs()
+            ids = fr.thread_index
+            if m is not True:
+                ids, d, s_ = ids[m.mask], d[m.mask], s_[m.mask]
+            if d.size == 0:
+                return
+            if np.any(d % np.uint64(size)) or np.any(s_ % np.uint64(size)):
+                raise CudaError(Error.cudaErrorMisalignedAddress, f"{inst}: addresses must be {size}-byte aligned")
+            keep = np.ones((d.size, size), dtype=bool)
+            if gsize is not None:
+                n_src = np.broadcast_to(gsize(), (fr.n,))
+                n_src = n_src if m is True else n_src[m.mask]
+                keep = offsets[None, :] < n_src[:, None].astype(np.uint64)
+            data = np.zeros((d.size, size), dtype=u8)
+            src_addrs = (s_[:, None] + offsets[None, :])[keep]
+            data[keep] = load_space(fr, "global", src_addrs, None, u8)
+            rows = np.repeat(ids, size)
+            store_space(fr, "shared", (d[:, None] + offsets[None, :]).ravel(), rows, data.ravel())
+        return run
+    return factory
+
+
 # -- warp-level ----------------------------------------------------------------------------------
 def _full_mask(fr: Frame, m) -> np.ndarray:
     return np.ones(fr.n, dtype=bool) if m is True else m.mask
@@ -1462,7 +1507,7 @@ _MAKERS: dict[str, Callable[[Instruction, list[str]], Factory]] = {
     "ld": _make_ld, "ldu": _make_ld, "st": _make_st, "atom": _make_atom, "red": _make_atom,
     "bar": _make_barrier, "barrier": _make_barrier, "membar": _no_op, "fence": _no_op,
     "nanosleep": _no_op, "prefetch": _no_op, "prefetchu": _no_op,
-    "dp4a": _make_dp, "dp2a": _make_dp, "mul24": _make_mul24, "mad24": _make_mul24, "sad": _make_sad,
+    "cp": _make_cp, "dp4a": _make_dp, "dp2a": _make_dp, "mul24": _make_mul24, "mad24": _make_mul24, "sad": _make_sad,
     "trap": _make_trap, "shfl": _make_shfl, "vote": _make_vote, "activemask": _make_activemask,
     "redux": _make_redux, "qcuda": _make_builtin,
 }
