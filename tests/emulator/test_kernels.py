@@ -386,3 +386,46 @@ def test_fma_f64_rounds_once(built, emu):
     emu.run(mod, "fma_f64", 2, 256, a, b, c, out, np.int32(n))
     expect = [float(Fraction(x) * Fraction(y) + Fraction(z)) for x, y, z in zip(a, b, c)]
     np.testing.assert_array_equal(out, expect)
+
+
+def _bf16(x) -> np.ndarray:
+    """float32 -> bfloat16 bits, round to nearest even (the reference for the emulator's own)."""
+    from fractions import Fraction
+    out = []
+    for v in np.asarray(x, np.float32).ravel():
+        bits = int(np.float32(v).view(np.uint32))
+        lo, hi = bits >> 16, (bits >> 16) + 1
+        f = lambda b: Fraction(float(np.uint32(b << 16).view(np.float32)))  # noqa: E731
+        d_lo, d_hi = abs(Fraction(float(v)) - f(lo)), abs(f(hi) - Fraction(float(v)))
+        out.append(lo if d_lo < d_hi or (d_lo == d_hi and lo % 2 == 0) else hi)
+    return np.array(out, np.uint16)
+
+
+def _bf16_value(bits) -> np.ndarray:
+    return (np.asarray(bits, np.uint32) << 16).view(np.float32)
+
+
+def test_half2_and_bfloat16(built, emu):
+    mod = emu.load(built.ptx("halves.cu"))
+    n = 200
+    a = rng.standard_normal((n, 2)).astype(np.float16)
+    b = rng.standard_normal((n, 2)).astype(np.float16)
+    f = (rng.standard_normal(n) * 3).astype(np.float32)
+    out = np.zeros((3 * n, 2), np.float16)
+    bo = np.zeros(2 * n, np.uint16)
+    b2 = np.zeros((n, 2), np.uint16)
+    emu.run(mod, "halves", 1, 256, a, b, out, f, bo, b2, np.int32(n))
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    prod = (b32 * b32).astype(np.float16).astype(np.float32)
+    inner = (a32 + prod).astype(np.float16).astype(np.float64)
+    np.testing.assert_array_equal(out[:n], (a32.astype(np.float64) * b32 + inner).astype(np.float16))
+    np.testing.assert_array_equal(out[n:2 * n], np.fmax((a32 - b32).astype(np.float16), -b))
+    np.testing.assert_array_equal(out[2 * n:], np.stack([f, f * np.float32(3)], axis=1).astype(np.float16))
+    p = _bf16(f)
+    q = _bf16(f * np.float32(0.37))
+    pq = _bf16(_bf16_value(p) * _bf16_value(q))
+    np.testing.assert_array_equal(bo[:n], _bf16(_bf16_value(p) + _bf16_value(pq)))
+    u = _bf16_value(np.stack([_bf16(f), _bf16(np.full(n, 2.0, np.float32))], axis=1))
+    np.testing.assert_array_equal(b2, _bf16(u.astype(np.float64) * u + u).reshape(n, 2))
+    back = _bf16_value(bo[:n]) + a[:, 0].astype(np.float32)
+    np.testing.assert_array_equal(bo[n:], (back.view(np.uint32) >> 16).astype(np.uint16))

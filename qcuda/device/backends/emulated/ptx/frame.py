@@ -32,6 +32,8 @@ DTYPES: dict[str, np.dtype] = {
         "pred": np.bool_,
     }.items()
 }
+# registers may also be declared with the packed and brain-float types: raw bits here
+REG_DTYPES = {**DTYPES, "bf16": np.dtype(np.uint16), "f16x2": np.dtype(np.uint32), "bf16x2": np.dtype(np.uint32)}
 UINT = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
 SINT = {1: np.dtype(np.int8), 2: np.dtype(np.int16), 4: np.dtype(np.int32), 8: np.dtype(np.int64)}
 
@@ -136,7 +138,7 @@ class Frame:
         self.memory = memory
         self.params = params
         self.regs: dict[str, np.ndarray] = {
-            name: np.zeros(n, dtype=DTYPES[t]) for name, t in kernel.regs.items()
+            name: np.zeros(n, dtype=REG_DTYPES[t]) for name, t in kernel.regs.items()
         }
         self._views: dict[tuple[str, np.dtype], np.ndarray] = {}
         self.ftz = False  # set while binding a .ftz instruction: f32 operands are flushed

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .....protocol.errors import CudaError, Error
-from .frame import DTYPES, Active, Frame, Unsupported
+from .frame import DTYPES, REG_DTYPES, Active, Frame, Unsupported
 from .inline import expand_calls
 from .ops import Factory, decode
 from .parser import Addr, Function, Instruction, Reg, Sym, Variable
@@ -67,7 +67,7 @@ class Kernel:
         except CudaError as e:
             self._fail(e)
         for reg, t in fn.regs.items():
-            if t in DTYPES:
+            if t in REG_DTYPES:
                 self.regs[reg] = t
             else:
                 self._fail(Unsupported(f"registers of type .{t} ({reg})"))
@@ -113,7 +113,7 @@ class Kernel:
             self._symbols[name] = self._dynamic_base
 
         self._blocks = self._build_blocks(fn)
-        self._reg_bytes = sum(DTYPES[t].itemsize for t in self.regs.values())
+        self._reg_bytes = sum(REG_DTYPES[t].itemsize for t in self.regs.values())
 
     # -- decoding ---------------------------------------------------------------------------
     def _build_blocks(self, fn: Function) -> list[_Block]:

@@ -666,6 +666,8 @@ _FLOAT_TO_INT_ROUND = {"rni": np.rint, "rzi": np.trunc, "rmi": np.floor, "rpi": 
 
 
 def _make_cvt(inst: Instruction, mods: list[str]) -> Factory:
+    if _packed_type(mods):
+        return _make_cvt_packed(inst, mods)
     types = _types(mods)
     if len(types) != 2:
         raise Unsupported(f"instruction {inst.opcode}")
@@ -674,8 +676,6 @@ def _make_cvt(inst: Instruction, mods: list[str]) -> Factory:
     sat = "sat" in mods
     irnd = next((m for m in mods if m in _FLOAT_TO_INT_ROUND), None)
     frnd = next((m for m in mods if m in ("rn", "rz", "rm", "rp")), None)
-    if "f16x2" in mods or "bf16" in mods or "bf16x2" in mods:
-        raise Unsupported(f"instruction {inst.opcode}")
 
     if dt.kind != "f" and at.kind != "f":
         if sat:
@@ -1421,6 +1421,110 @@ def _make_trap(inst: Instruction, mods: list[str]) -> Factory:
     return lambda fr: run
 
 
+# -- half2, bfloat16, bfloat16x2 ------------------------------------------------------------------------
+_PACKED = {"bf16": (1, "bf16"), "f16x2": (2, "f16"), "bf16x2": (2, "bf16")}  # lanes, element format
+_PACKED_OPS = ("add", "sub", "mul", "fma", "min", "max", "neg", "abs")
+
+
+def _packed_type(mods: list[str]) -> str | None:
+    return next((m for m in mods if m in _PACKED), None)
+
+
+def _unpack(raw, fmt: str, lanes: int) -> list[np.ndarray]:
+    """The lanes of packed registers (low half first) as float32."""
+    raw = np.asarray(raw).astype(UINT[2 * lanes]).reshape(-1)
+    halves = raw.view(np.uint16).reshape(-1, lanes) if lanes == 2 else raw.reshape(-1, 1)
+    if fmt == "f16":
+        return [halves[:, k].view(np.float16).astype(np.float32) for k in range(lanes)]
+    return [(halves[:, k].astype(np.uint32) << np.uint32(16)).view(np.float32) for k in range(lanes)]
+
+
+def _f32_to_bf16(x, mode: str = "rn") -> np.ndarray:
+    x = np.ascontiguousarray(x, np.float32)
+    bits = x.view(np.uint32)
+    if mode == "rz":
+        out = (bits >> np.uint32(16)).astype(np.uint16)
+    else:
+        out = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+    return np.where(np.isnan(x), np.uint16(0x7FFF), out)
+
+
+def _f64_to_f32_odd(x) -> np.ndarray:
+    """float64 to float32 rounded to odd, so a second rounding (to bf16) rounds once in effect."""
+    x = np.asarray(x, np.float64)
+    r = x.astype(np.float32)
+    inexact = (r.astype(np.float64) != x) & np.isfinite(x)
+    away = inexact & (np.abs(r.astype(np.float64)) > np.abs(x))
+    r = np.where(away, np.nextafter(r, np.float32(0)), r)
+    bits = np.ascontiguousarray(r).view(np.uint32) | inexact.astype(np.uint32)
+    return bits.view(np.float32)
+
+
+def _pack(values: list, fmt: str, mode: str = "rn") -> np.ndarray:
+    """Round float32/float64 lanes to the element format and pack them (low half first)."""
+    if fmt == "f16":
+        halves = [np.asarray(v).astype(np.float16).view(np.uint16) for v in values]
+    else:
+        halves = [_f32_to_bf16(_f64_to_f32_odd(v) if np.asarray(v).dtype == np.float64 else v, mode)
+                  for v in values]
+    halves = [np.asarray(h).reshape(-1) for h in halves]
+    if len(halves) == 1:
+        return halves[0]
+    n = max(h.size for h in halves)
+    return np.stack([np.broadcast_to(h, (n,)) for h in halves], axis=1).view(np.uint32).reshape(n)
+
+
+def _make_packed(inst: Instruction, base: str, mods: list[str]) -> Factory:
+    """add/sub/mul/fma/min/max/neg/abs on .bf16, .f16x2 and .bf16x2: each lane is computed in
+    float32 (float64 for fma, rounded to odd) and rounded once to the element format."""
+    ptype = _packed_type(mods)
+    lanes, fmt = _PACKED[ptype]
+    if base not in _PACKED_OPS or any(m in mods for m in ("ftz", "sat", "relu", "oob", "rz", "rm", "rp", "NaN")):
+        raise Unsupported(f"instruction {inst.opcode}")
+    raw_dt = UINT[2 * lanes]
+    sign = np.array(0x80008000 if lanes == 2 else 0x8000).astype(raw_dt)[()]
+    if base in ("neg", "abs"):
+        _operands(inst, 2)
+        if base == "neg":
+            return _elementwise(inst, raw_dt, lambda a: np.bitwise_xor(a, sign))
+        return _elementwise(inst, raw_dt, lambda a: np.bitwise_and(a, ~sign))
+    nsrc = 3 if base == "fma" else 2
+    _operands(inst, nsrc + 1)
+    lane_fn = {
+        "add": np.add, "sub": np.subtract, "mul": np.multiply, "min": np.fmin, "max": np.fmax,
+        "fma": lambda x, y, z: _add_round_odd(np.asarray(x, np.float64) * y, z),
+    }[base]
+
+    def fn(*args):
+        unpacked = [_unpack(a, fmt, lanes) for a in args]
+        return _pack([lane_fn(*[u[k] for u in unpacked]) for k in range(lanes)], fmt)
+    return _elementwise(inst, raw_dt, fn)
+
+
+def _make_cvt_packed(inst: Instruction, mods: list[str]) -> Factory:
+    """cvt to and from .bf16, and the two-float packings cvt.rn.{f16x2,bf16x2}.f32 d, hi, lo."""
+    types = [m for m in mods if m in DTYPES or m in _PACKED]
+    if len(types) != 2 or any(m in mods for m in ("relu", "satfinite", "sat", "ftz")):
+        raise Unsupported(f"instruction {inst.opcode}")
+    dst, src = types
+    mode = "rz" if "rz" in mods else "rn"
+    if "rm" in mods or "rp" in mods or (mode == "rz" and dst != "bf16"):
+        raise Unsupported(f"instruction {inst.opcode} (rounding mode)")
+    f32 = DTYPES["f32"]
+    if dst in ("f16x2", "bf16x2") and src == "f32":
+        _operands(inst, 3)
+        fmt = _PACKED[dst][1]
+        return _elementwise(inst, DTYPES["u32"], lambda hi, lo: _pack([lo, hi], fmt, mode), src_dts=[f32, f32])
+    if dst == "bf16" and src in ("f32", "f64"):
+        _operands(inst, 2)
+        return _elementwise(inst, DTYPES["u16"], lambda x: _pack([x], "bf16", mode), src_dts=[DTYPES[src]])
+    if src == "bf16" and dst in ("f32", "f64"):
+        _operands(inst, 2)
+        return _elementwise(inst, DTYPES[dst], lambda x: _unpack(x, "bf16", 1)[0].astype(DTYPES[dst]),
+                            src_dts=[DTYPES["u16"]])
+    raise Unsupported(f"instruction {inst.opcode}")
+
+
 # -- directed rounding -------------------------------------------------------------------------------
 def _step_directed(r: np.ndarray, err: np.ndarray, mode: str, finite_inputs) -> np.ndarray:
     """Turn the round-to-nearest result `r` into the rz/rm/rp one, given the sign of the exact
@@ -1535,8 +1639,14 @@ def decode(inst: Instruction) -> Factory:
     if maker is None:
         raise Unsupported(f"instruction {inst.opcode} (line {inst.line})")
     directed = _DIRECTED.intersection(parts[1:]) if parts[0] in _ROUNDED else None
+    packed = parts[0] != "cvt" and _packed_type(parts[1:])
     try:
-        factory = _make_directed(inst, parts[0], directed.pop()) if directed else maker(inst, parts[1:])
+        if packed:
+            factory = _make_packed(inst, parts[0], parts[1:])
+        elif directed:
+            factory = _make_directed(inst, parts[0], directed.pop())
+        else:
+            factory = maker(inst, parts[1:])
     except Unsupported as e:
         raise Unsupported(f"{e.detail.removeprefix('the PTX emulator does not support ')} (line {inst.line})") from None
     if "ftz" in parts:

@@ -216,6 +216,7 @@ class _Parser:
         self.ast = ModuleAst()
         self.scopes: list[dict[str, str]] = []  # registers declared in nested `{ }` blocks, renamed
         self.renamed = 0
+        self.regs: dict[str, str] = {}  # the current function's registers (names need no %)
 
     # token helpers
     def peek(self, k: int = 0) -> tuple[str, str, int]:
@@ -448,6 +449,7 @@ class _Parser:
 
     def body(self, fn: Function) -> None:
         self.scopes = [{}]
+        self.regs = fn.regs
         while True:
             kind, tok, line = self.peek()
             if kind == "eof":
@@ -509,6 +511,9 @@ class _Parser:
                 return scope[name]
         return name
 
+    def is_reg(self, name: str) -> bool:
+        return name.startswith("%") or self.scoped(name) in self.regs
+
     def reg(self, name: str) -> Reg:
         return Reg(self.scoped(name))
 
@@ -538,7 +543,7 @@ class _Parser:
             kind, tok, line = self.peek()
             if kind == "ident":
                 self.next()
-                base = self.reg(tok) if tok.startswith("%") else Sym(self.scoped(tok))
+                base = self.reg(tok) if self.is_reg(tok) else Sym(self.scoped(tok))
                 if self.peek()[1] in ("+", "-"):
                     neg = self.next()[1] == "-"
                     v = self.integer()
@@ -570,7 +575,7 @@ class _Parser:
             return Neg(self.reg(self.ident()))
         if kind == "ident":
             self.next()
-            if tok.startswith("%"):
+            if self.is_reg(tok):
                 reg = self.reg(tok)
                 if self.accept("|"):
                     return PredPair(reg, self.reg(self.ident()))
