@@ -1,0 +1,86 @@
+"""Unmodified CUDA programs (`nvcc -cudart shared`) run through `qcuda run` on a daemon's device.
+
+Every program here checks itself and ends with PASS; `qcuda_only/` holds programs whose expected
+output differs on a real GPU (calls qcuda does not implement). The programs are built once per
+session with nvcc, so these tests need the CUDA toolkit (not a GPU).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from qcuda.library.interposer import LIBRARY, LIBRARY_DIR
+
+HERE = Path(__file__).resolve().parent
+NVCC = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+ARCH = "-arch=sm_90"  # carries compute_90 PTX, which the emulated device runs
+
+pytestmark = pytest.mark.skipif(not Path(NVCC).exists(), reason="needs nvcc to build the programs")
+
+
+def program_sources() -> dict[str, list[Path]]:
+    """Program name -> its .cu files: each top-level .cu is a program, each directory of .cu files one."""
+    programs = {p.stem: [p] for p in HERE.glob("*.cu")}
+    for d in HERE.iterdir():
+        if d.is_dir() and d.name != "qcuda_only" and list(d.glob("*.cu")):
+            programs[d.name] = sorted(d.glob("*.cu"))
+    programs.update({f"qcuda_only/{p.stem}": [p] for p in (HERE / "qcuda_only").glob("*.cu")})
+    return programs
+
+
+def nvcc(sources: list[Path], out: Path, *flags: str) -> Path:
+    subprocess.run([NVCC, ARCH, *flags, "-o", str(out), *map(str, sources)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> dict[str, Path]:
+    """Every program, built with -cudart shared (and qcuda's libcudart.so.13, if not installed yet)."""
+    if not LIBRARY.exists():
+        from qcuda.library.interposer.build import build
+
+        build(LIBRARY_DIR)
+    out = tmp_path_factory.mktemp("programs")
+    with ThreadPoolExecutor(8) as pool:
+        jobs = {name: pool.submit(nvcc, src, out / name.replace("/", "_"), "-cudart", "shared")
+                for name, src in program_sources().items()}
+        return {name: job.result() for name, job in jobs.items()}
+
+
+@pytest.mark.parametrize("name", sorted(program_sources()))
+def test_program(daemon, built, name):
+    result = daemon.cli("run", "--", str(built[name]), check=False)
+    lines = result.stdout.splitlines()
+    failed = [line for line in lines if line.startswith("FAIL")]
+    assert result.returncode == 0 and lines[-1:] == ["PASS"], f"{name}: {failed}\n{result.stdout}{result.stderr}"
+
+
+def test_unsupported_call_is_named_once(daemon, built):
+    result = daemon.cli("run", "--", str(built["qcuda_only/unsupported"]), check=False)
+    said = [line for line in result.stderr.splitlines() if "cudaGraphCreate" in line]
+    assert said == ["qcuda: cudaGraphCreate is not supported yet: it returns cudaErrorNotSupported"]
+
+
+def test_static_runtime_is_refused(daemon, tmp_path):
+    static = nvcc([HERE / "device.cu"], tmp_path / "static")
+    result = daemon.cli("run", "--", str(static), check=False)
+    assert result.returncode != 0
+    assert "statically" in result.stderr and "-cudart shared" in result.stderr
+    assert "ok " not in result.stdout  # it never ran
+
+
+def test_library_matches_the_real_one():
+    """Same exported names, soname, and version node as CUDA's own libcudart.so.13."""
+    from qcuda.library.interposer._cudart_abi import EXPORTS
+
+    if not LIBRARY.exists():
+        pytest.skip("libcudart.so.13 is not built")
+    nm = subprocess.run(["nm", "-D", "--defined-only", str(LIBRARY)], capture_output=True, text=True, check=True)
+    ours = {line.split()[2] for line in nm.stdout.splitlines() if line.split()[1] == "T"}
+    assert ours == {f"{name}@@libcudart.so.13" for name in EXPORTS}
+    readelf = subprocess.run(["readelf", "-d", str(LIBRARY)], capture_output=True, text=True, check=True)
+    assert "Library soname: [libcudart.so.13]" in readelf.stdout
