@@ -342,7 +342,7 @@ def _limit(limit: int) -> str:
     for name, value in cudaLimit.items():
         if value == limit:
             return name
-    raise CudaError(Error.cudaErrorUnsupportedLimit, f"limit {limit}")
+    raise CudaError(Error.cudaErrorInvalidValue, f"limit {limit}")
 
 
 def cudaDeviceSetLimit(limit: int, value: int) -> None:
