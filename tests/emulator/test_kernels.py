@@ -429,3 +429,19 @@ def test_half2_and_bfloat16(built, emu):
     np.testing.assert_array_equal(b2, _bf16(u.astype(np.float64) * u + u).reshape(n, 2))
     back = _bf16_value(bo[:n]) + a[:, 0].astype(np.float32)
     np.testing.assert_array_equal(bo[n:], (back.view(np.uint32) >> 16).astype(np.uint16))
+
+
+def test_device_malloc_and_assert(built, emu):
+    from qcuda.protocol.errors import CudaError, Error
+    mod = emu.load(built.ptx("heap.cu"))
+    used = emu.memory.used
+    out = np.zeros(64, np.int32)
+    emu.run(mod, "heap", 1, 64, out, np.int32(10))
+    np.testing.assert_array_equal(out, np.arange(64) * 45)
+    assert emu.memory.used == used  # every thread freed its block
+    printed: list[str] = []
+    mod.functions["heap"].output = printed.append
+    with pytest.raises(CudaError) as e:
+        emu.run(mod, "heap", 1, 128, np.zeros(128, np.int32), np.int32(2))
+    assert e.value.code == Error.cudaErrorAssert
+    assert "thread: [100,0,0] Assertion `i < 100` failed." in "".join(printed)

@@ -4,8 +4,9 @@ Every thread of a batch runs the same call sites, so a call is the callee's body
 with its registers, labels and local variables renamed for that site, its parameters bound to
 the caller's call-sequence slots, and `ret` turned into a branch to the code after the call.
 Call-sequence slots (`.param` declared inside a body) become per-thread local memory. Recursion
-and calls through pointers cannot be inlined and are reported as unsupported. A call of the
-external `vprintf` becomes the emulator's own `qcuda.vprintf` instruction.
+and calls through pointers cannot be inlined and are reported as unsupported. A call of an
+external function the emulator implements (printf, assert, device malloc/free) becomes its own
+`qcuda.<name>` instruction.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .frame import Unsupported
 from .parser import Addr, Function, Instruction, Neg, PredPair, Reg, Sym, Vec
 
 MAX_DEPTH = 32
-BUILTINS = ("vprintf",)
+BUILTINS = ("vprintf", "__assertfail", "malloc", "free")  # implemented in ops.py
 _instances = itertools.count(1)
 
 

@@ -1293,35 +1293,83 @@ def _align_up(n: int, a: int) -> int:
     return -(-n // a) * a
 
 
-def _make_vprintf(inst: Instruction, mods: list[str]) -> Factory:
-    rets, args = inst.operands
-    if len(args.items) != 2:
-        raise Unsupported(f"vprintf with {len(args.items)} arguments")
-    u64 = np.dtype(np.uint64)
+def _builtin(fn: Callable, nargs: int) -> Callable[[Instruction, list[str]], Factory]:
+    """A libdevice function the emulator implements itself (see inline.BUILTINS): `fn(fr, ids,
+    args)` gets the calling threads and their arguments (one uint64 array per argument) and
+    returns their return values, or None."""
+    def make(inst: Instruction, mods: list[str]) -> Factory:
+        rets, args = inst.operands
+        if len(args.items) != nargs:
+            raise Unsupported(f"{mods[0]} with {len(args.items)} arguments")
+        u64 = np.dtype(np.uint64)
 
-    def factory(fr: Frame) -> Run:
-        fmt_slot, args_slot = (fr.kernel.symbol_address(a.name) for a in args.items)
-        ret_slot = fr.kernel.symbol_address(rets.items[0].name) if rets.items else None
+        def factory(fr: Frame) -> Run:
+            slots = [fr.kernel.symbol_address(a.name) for a in args.items]
+            ret_slot = fr.kernel.symbol_address(rets.items[0].name) if rets.items else None
 
-        def run(m):
-            ids = fr.thread_index if m is True else fr.thread_index[m.mask]
-            if ids.size == 0:
-                return
-            fmts = load_space(fr, "local", np.full(ids.size, fmt_slot, np.uint64), ids, u64)
-            bufs = load_space(fr, "local", np.full(ids.size, args_slot, np.uint64), ids, u64)
-            texts = [format_printf(fr, int(f), int(b), int(t)) for f, b, t in zip(fmts, bufs, ids)]
-            fr.kernel.output("".join(texts))
-            if ret_slot is not None:
-                lengths = np.array([len(t) for t in texts], dtype=np.int32)
-                store_space(fr, "local", np.full(ids.size, ret_slot, np.uint64), ids, lengths)
-        return run
-    return factory
+            def run(m):
+                ids = fr.thread_index if m is True else fr.thread_index[m.mask]
+                if ids.size == 0:
+                    return
+                values = [load_space(fr, "local", np.full(ids.size, slot, np.uint64), ids, u64) for slot in slots]
+                result = fn(fr, ids, values)
+                if ret_slot is not None and result is not None:
+                    store_space(fr, "local", np.full(ids.size, ret_slot, np.uint64), ids, result)
+            return run
+        return factory
+    return make
+
+
+def _vprintf(fr: Frame, ids, args):
+    texts = [format_printf(fr, int(f), int(b), int(t)) for f, b, t in zip(*args, ids)]
+    fr.kernel.output("".join(texts))
+    return np.array([len(t) for t in texts], dtype=np.int32)
+
+
+def _assertfail(fr: Frame, ids, args):
+    """A failed device assert: print the GPU's message for the first failing thread and fail the
+    launch with cudaErrorAssert."""
+    t = int(ids[0])
+    msg, file, func = (_read_cstring(fr, int(args[k][0]), t) for k in (0, 1, 3))
+    line = int(args[2][0]) & 0xFFFFFFFF
+    block = ",".join(str(int(fr.sregs[f"%ctaid.{c}"][t])) for c in "xyz")
+    thread = ",".join(str(int(fr.sregs[f"%tid.{c}"][t])) for c in "xyz")
+    text = f"{file}:{line}: {func}: block: [{block}], thread: [{thread}] Assertion `{msg}` failed.\n"
+    fr.kernel.output(text)
+    raise CudaError(Error.cudaErrorAssert, text.strip())
+
+
+def _malloc(fr: Frame, ids, args):
+    """Device-side malloc: one allocation per calling thread; NULL when memory runs out."""
+    out = np.zeros(ids.size, np.uint64)
+    for k, size in enumerate(args[0]):
+        try:
+            out[k] = fr.memory.alloc(int(size))
+        except CudaError:
+            out[k] = 0
+    return out
+
+
+def _free(fr: Frame, ids, args):
+    for ptr in args[0]:
+        if int(ptr):
+            try:
+                fr.memory.free(int(ptr))
+            except CudaError:
+                raise CudaError(Error.cudaErrorIllegalAddress,
+                                f"free(0x{int(ptr):x}) of memory that device malloc did not return") from None
+    return None
+
+
+_BUILTINS = {"vprintf": _builtin(_vprintf, 2), "__assertfail": _builtin(_assertfail, 5),
+             "malloc": _builtin(_malloc, 1), "free": _builtin(_free, 1)}
 
 
 def _make_builtin(inst: Instruction, mods: list[str]) -> Factory:
-    if mods == ["vprintf"]:
-        return _make_vprintf(inst, mods)
-    raise Unsupported(f"instruction {inst.opcode}")
+    make = _BUILTINS.get(mods[0]) if len(mods) == 1 else None
+    if make is None:
+        raise Unsupported(f"instruction {inst.opcode}")
+    return make(inst, mods)
 
 
 def _no_op(inst: Instruction, mods: list[str]) -> Factory:
