@@ -22,6 +22,7 @@ LIBRARY = "lib64/libcudart.so.13"
 VERSION_NODE = "libcudart.so.13"
 STRUCTS = ("cudaDeviceProp", "cudaPointerAttributes", "cudaFuncAttributes")
 ENUMS = ("cudaMemcpyKind", "cudaMemoryType", "cudaLimit")
+DEFINES = r"cudaHostAlloc\w+"  # flag macros the implementation answers with
 # C scalar types of struct fields -> struct module codes
 SCALARS = {"char": "b", "int": "i", "unsigned int": "I", "size_t": "Q", "long": "q", "void *": "Q",
            "enum cudaMemoryType": "i", "cudaUUID_t": "16s"}
@@ -122,6 +123,8 @@ def main() -> None:
     text.append(f"RUNTIME_VERSION = {version}\n")
     for e in ENUMS:
         text.append(f"{e}: dict[str, int] = {dict(enum_values(header, e))!r}\n")
+    defines = {m[1]: int(m[2], 0) for m in re.finditer(rf"#define\s+({DEFINES})\s+(0x[0-9a-fA-F]+|\d+)", header)}
+    text.append(f"DEFINES: dict[str, int] = {defines!r}\n")
     (OUT / "_cudart_abi.py").write_text("\n".join(text))
     print(f"{len(names)} exports, {len(structs)} structs, {len(ENUMS)} enums -> {OUT}")
 

@@ -1,4 +1,6 @@
-// A kernel that faults: the error is sticky (every later call reports it) until cudaDeviceReset.
+// A kernel that faults: the error is sticky (every later call reports it); cudaDeviceReset succeeds.
+// (What works after the reset differs: CUDA 13 on an H100 answers cudaErrorDevicesUnavailable; see
+// qcuda_only/fault_recovery.cu for the emulated device, which recovers.)
 #include "check.h"
 
 __global__ void write_to(int *p) { *p = 1; }
@@ -11,10 +13,5 @@ int main() {
   EXPECT(cudaErrorIllegalAddress, cudaDeviceSynchronize());
   EXPECT(cudaErrorIllegalAddress, cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost));
   OK(cudaDeviceReset());
-  OK(cudaMalloc(&d, sizeof(int)));
-  write_to<<<1, 1>>>(d);
-  OK(cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost));
-  CHECK("the device works again after cudaDeviceReset", h == 1);
-  OK(cudaFree(d));
   return finish();
 }

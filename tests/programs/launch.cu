@@ -132,21 +132,21 @@ int main() {
       for (int x = 0; x < nx; x++) coords &= ghost[(z * ny + y) * nx + x] == x + 100 * y + 10000 * z;
   CHECK("3D grid", coords);
 
-  // configuration errors are reported at the launch, then cleared by cudaGetLastError
+  // configuration errors are reported at the launch (CUDA 13 says cudaErrorInvalidValue), then cleared
   nothing<<<1, 2048>>>();
   CHECK("cudaPeekAtLastError keeps the error",
-        cudaPeekAtLastError() == cudaErrorInvalidConfiguration && cudaPeekAtLastError() == cudaErrorInvalidConfiguration);
-  EXPECT(cudaErrorInvalidConfiguration, cudaGetLastError());
+        cudaPeekAtLastError() == cudaErrorInvalidValue && cudaPeekAtLastError() == cudaErrorInvalidValue);
+  EXPECT(cudaErrorInvalidValue, cudaGetLastError());
   OK(cudaGetLastError());
   nothing<<<0, 32>>>();
-  EXPECT(cudaErrorInvalidConfiguration, cudaGetLastError());
+  EXPECT(cudaErrorInvalidValue, cudaGetLastError());
   nothing<<<1, dim3(32, 32, 2)>>>();
-  EXPECT(cudaErrorInvalidConfiguration, cudaGetLastError());
+  EXPECT(cudaErrorInvalidValue, cudaGetLastError());
   nothing<<<dim3(1, 70000), 1>>>();
-  EXPECT(cudaErrorInvalidConfiguration, cudaGetLastError());
+  EXPECT(cudaErrorInvalidValue, cudaGetLastError());
   nothing<<<1, 1>>>();
   OK(cudaGetLastError());
-  EXPECT(cudaErrorInvalidDeviceFunction, cudaLaunchKernel((const void *)main, dim3(1), dim3(1), nullptr, 0, nullptr));
+  EXPECT(cudaErrorInvalidResourceHandle, cudaLaunchKernel((const void *)main, dim3(1), dim3(1), nullptr, 0, nullptr));
   OK(cudaDeviceSynchronize());
 
   OK(cudaStreamDestroy(stream));

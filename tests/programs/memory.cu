@@ -133,7 +133,7 @@ int main() {
   CHECK("cudaMemset2DAsync", pinned_back[0] == 0.f && pinned_back[1] == 0.f);
   unsigned hflags = 99;
   OK(cudaHostGetFlags(&hflags, pinned_back));
-  CHECK("cudaHostGetFlags", hflags == cudaHostAllocDefault);
+  CHECK("cudaHostGetFlags: pinned memory is mapped", hflags == cudaHostAllocMapped);
 
   // mapped pinned memory: a kernel writes host memory in place
   int *mapped = nullptr, *mapped_dev = nullptr;
@@ -155,7 +155,8 @@ int main() {
   OK(cudaPointerGetAttributes(&attr, mapped));
   CHECK("mapped memory attributes", attr.type == cudaMemoryTypeHost && attr.devicePointer == mapped_dev);
   OK(cudaPointerGetAttributes(&attr, host.data()));
-  CHECK("pageable memory attributes", attr.type == cudaMemoryTypeUnregistered);
+  CHECK("pageable memory attributes", attr.type == cudaMemoryTypeUnregistered && attr.device == -2 &&
+                                          attr.devicePointer == nullptr && attr.hostPointer == host.data());
 
   // registered host memory
   std::vector<float> reg(n);

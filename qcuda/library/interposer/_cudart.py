@@ -29,7 +29,7 @@ from .._device import Device
 from .._memory import DeviceBuffer, HostBuffer
 from .._module import Kernel, Module
 from .._stream import Event, Stream
-from ._cudart_abi import STRUCTS, cudaLimit, cudaMemcpyKind, cudaMemoryType
+from ._cudart_abi import DEFINES, STRUCTS, cudaLimit, cudaMemcpyKind, cudaMemoryType
 
 ffi = lib = None  # the library's cffi objects, set by install()
 
@@ -191,22 +191,23 @@ def _kernel(host: int, dev: Device) -> Kernel:
     kernel = S.kernels.get((host, dev.ordinal))
     if kernel is None:
         fn = lib.qcuda_find_function(ffi.cast("void *", host))
-        if fn == ffi.NULL:
-            raise CudaError(Error.cudaErrorInvalidDeviceFunction, f"0x{host:x} is not a registered kernel")
+        if fn == ffi.NULL:  # CUDA 13 answers a launch of a non-kernel so
+            raise CudaError(Error.cudaErrorInvalidResourceHandle, f"0x{host:x} is not a registered kernel")
         kernel = _module(fn.fatbin, dev).get_kernel(ffi.string(fn.name).decode())
         S.kernels[(host, dev.ordinal)] = kernel
     return kernel
 
 
 def _check_configuration(dev: Device, grid: tuple[int, ...], block: tuple[int, ...], shared: int) -> None:
-    """Refuse a launch configuration the device cannot run, at the launch, as CUDA does."""
+    """Refuse a launch configuration the device cannot run, at the launch, as CUDA 13 does: cudaErrorInvalidValue
+    (checked on an H100: launches reach the driver's cuLaunchKernel, whose answer is that, not cudaErrorInvalidConfiguration)."""
     a = dev.attributes
     limits_block = [a["cudaDevAttrMaxBlockDim" + c] for c in "XYZ"]
     limits_grid = [a["cudaDevAttrMaxGridDim" + c] for c in "XYZ"]
     threads = block[0] * block[1] * block[2]
     if (min(grid) < 1 or min(block) < 1 or threads > a["cudaDevAttrMaxThreadsPerBlock"]
             or any(b > lim for b, lim in zip(block, limits_block)) or any(g > lim for g, lim in zip(grid, limits_grid))):
-        raise CudaError(Error.cudaErrorInvalidConfiguration, f"grid {grid} block {block}")
+        raise CudaError(Error.cudaErrorInvalidValue, f"launch configuration grid {grid} block {block}")
     if shared > a.get("cudaDevAttrMaxSharedMemoryPerBlockOptin", a["cudaDevAttrMaxSharedMemoryPerBlock"]):
         raise CudaError(Error.cudaErrorInvalidValue, f"{shared} bytes of dynamic shared memory")
 
@@ -453,13 +454,14 @@ def cudaHostGetFlags(flags, p_host) -> None:
     entry = S.pinned.get(_addr(p_host))
     if entry is None:
         raise CudaError(Error.cudaErrorInvalidValue, "not cudaHostAlloc memory")
-    _out(flags, "unsigned int", entry[1])
+    # CUDA 13 reports every pinned allocation as mapped and none as portable (checked on an H100); so is ours
+    _out(flags, "unsigned int", entry[1] & ~DEFINES["cudaHostAllocPortable"] | DEFINES["cudaHostAllocMapped"])
 
 
 def cudaPointerGetAttributes(attributes, ptr) -> None:
     address = _addr(ptr)
     kind, dev = _locate(address, 1)
-    values: dict = {"type": cudaMemoryType["cudaMemoryTypeUnregistered"], "device": -2}
+    values: dict = {"type": cudaMemoryType["cudaMemoryTypeUnregistered"], "device": -2, "hostPointer": address}
     if kind == "device":
         assert dev is not None
         values = {"type": cudaMemoryType["cudaMemoryTypeDevice"], "device": dev.ordinal, "devicePointer": address}

@@ -560,3 +560,5 @@ cudaMemcpyKind: dict[str, int] = {'cudaMemcpyHostToHost': 0, 'cudaMemcpyHostToDe
 cudaMemoryType: dict[str, int] = {'cudaMemoryTypeUnregistered': 0, 'cudaMemoryTypeHost': 1, 'cudaMemoryTypeDevice': 2, 'cudaMemoryTypeManaged': 3}
 
 cudaLimit: dict[str, int] = {'cudaLimitStackSize': 0, 'cudaLimitPrintfFifoSize': 1, 'cudaLimitMallocHeapSize': 2, 'cudaLimitDevRuntimeSyncDepth': 3, 'cudaLimitDevRuntimePendingLaunchCount': 4, 'cudaLimitMaxL2FetchGranularity': 5, 'cudaLimitPersistingL2CacheSize': 6}
+
+DEFINES: dict[str, int] = {'cudaHostAllocDefault': 0, 'cudaHostAllocPortable': 1, 'cudaHostAllocMapped': 2, 'cudaHostAllocWriteCombined': 4}
