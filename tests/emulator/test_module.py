@@ -332,7 +332,7 @@ def test_contended_and_shared_atomics(built, emu):
 
 
 def test_atomic_scans_match_a_serial_loop():
-    from qcuda.device.backends.emulated.ptx.ops import _cas_update, _scan_update
+    from qcuda.device.backends.emulated.ptx.memops import _cas_update, _scan_update
 
     r = np.random.default_rng(3)
     counts = np.array([1, 5, 2, 40, 3])

@@ -79,7 +79,8 @@ class Module:
         try:
             return self._globals[name]
         except KeyError:
-            raise CudaError(Error.cudaErrorInvalidSymbol, f"no .global or .const variable {name!r} in this module") from None
+            raise CudaError(Error.cudaErrorInvalidSymbol,
+                            f"no .global or .const variable {name!r} in this module") from None
 
     def unload(self) -> None:
         """Free the module's variables; its kernels must not be launched afterwards."""

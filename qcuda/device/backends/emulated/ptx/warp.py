@@ -1,0 +1,142 @@
+"""Warp- and block-wide collectives: shuffles, votes, the active mask, redux, bar.red.
+
+A warp is 32 consecutive threads of a block (the last may be partial); every lane of a warp runs
+the same step together in the emulator, so a shuffle is a gather from the register array.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .frame import DTYPES, Frame, Unsupported
+from .parser import Instruction, PredPair
+from .shapes import Factory, Run, full_mask, no_op, one_type, operands, pred_source
+
+
+def make_shfl(inst: Instruction, mods: list[str]) -> Factory:
+    """shfl.sync: every active lane reads another lane's register of the same step (PTX ISA rules
+    for the source lane, clamp and sub-warp segment)."""
+    mode = next((x for x in mods if x in ("up", "down", "bfly", "idx")), None)
+    dt = one_type(inst, mods)
+    ops = inst.operands
+    if mode is None or len(ops) not in (4, 5):
+        raise Unsupported(f"instruction {inst.opcode}")
+    d, a, b, c = ops[:4]
+    first, second = (d.first, d.second) if isinstance(d, PredPair) else (d, None)
+    u32 = DTYPES["u32"]
+
+    def factory(fr: Frame) -> Run:
+        ga, gb, gc = fr.src(a, dt), fr.src(b, u32), fr.src(c, u32)
+        _, write = fr.dst(first, dt)
+        write_p = fr.dst(second, DTYPES["pred"])[1] if second is not None else None
+        lane = fr.lane
+
+        def run(m):
+            bval = np.asarray(gb()).astype(np.int64) & 31
+            cval = np.asarray(gc()).astype(np.int64)
+            seg = (cval >> 8) & 31
+            max_lane = (lane & seg) | (cval & 31 & ~seg)
+            if mode == "up":
+                j = lane - bval
+                ok = j >= max_lane
+            else:
+                j = {"down": lambda: lane + bval, "bfly": lambda: lane ^ bval,
+                     "idx": lambda: (lane & seg) | (bval & ~seg)}[mode]()
+                ok = j <= max_lane
+            src = fr.warp_base + np.where(ok, j, lane)
+            src = np.where(src < fr.block_end, src, fr.thread_index)
+            write(np.broadcast_to(ga(), (fr.n,))[src], m)
+            if write_p is not None:
+                write_p(ok, m)
+        return run
+    return factory
+
+
+def _warp_ballot(fr: Frame, bits: np.ndarray) -> np.ndarray:
+    """Per thread: the ballot (uint32) of its warp over `bits`."""
+    weights = np.where(bits, np.left_shift(1, fr.lane).astype(np.float64), 0.0)
+    per_warp = np.bincount(fr.warp_key, weights, minlength=fr.nblocks * fr.warps_per_block)
+    return per_warp.astype(np.uint32)[fr.warp_key]
+
+
+def make_vote(inst: Instruction, mods: list[str]) -> Factory:
+    mode = next((x for x in mods if x in ("all", "any", "uni", "ballot")), None)
+    if mode is None or len(inst.operands) not in (2, 3):
+        raise Unsupported(f"instruction {inst.opcode}")
+    d, a = inst.operands[:2]
+
+    def factory(fr: Frame) -> Run:
+        ga = pred_source(fr, a)
+        _, write = fr.dst(d, DTYPES["u32"] if mode == "ballot" else DTYPES["pred"])
+
+        def run(m):
+            active = full_mask(fr, m)
+            yes = _warp_ballot(fr, np.asarray(ga()) & active)
+            if mode == "ballot":
+                write(yes, m)
+                return
+            everyone = _warp_ballot(fr, active)
+            result = {"all": lambda: yes == everyone, "any": lambda: yes != 0,
+                      "uni": lambda: (yes == 0) | (yes == everyone)}[mode]()
+            write(result, m)
+        return run
+    return factory
+
+
+def make_activemask(inst: Instruction, mods: list[str]) -> Factory:
+    (d,) = operands(inst, 1)
+
+    def factory(fr: Frame) -> Run:
+        _, write = fr.dst(d, DTYPES["u32"])
+        return lambda m: write(_warp_ballot(fr, full_mask(fr, m)), m)
+    return factory
+
+
+_REDUX = {"add": np.add, "min": np.minimum, "max": np.maximum,
+          "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor}
+
+
+def make_redux(inst: Instruction, mods: list[str]) -> Factory:
+    op = next((x for x in mods if x in _REDUX), None)
+    dt = one_type(inst, mods)
+    if op is None or dt.kind == "f" or len(inst.operands) != 3:
+        raise Unsupported(f"instruction {inst.opcode}")
+    d, a, _ = inst.operands
+    uf = _REDUX[op]
+    identity = {"add": 0, "or": 0, "xor": 0, "and": -1, "min": np.iinfo(dt).max, "max": np.iinfo(dt).min}[op]
+
+    def factory(fr: Frame) -> Run:
+        ga = fr.src(a, dt)
+        _, write = fr.dst(d, dt)
+        nwarps = fr.nblocks * fr.warps_per_block
+
+        def run(m):
+            active = full_mask(fr, m)
+            acc = np.full(nwarps, np.array(identity).astype(dt), dtype=dt)
+            uf.at(acc, fr.warp_key[active], np.broadcast_to(ga(), (fr.n,))[active])
+            write(acc[fr.warp_key], m)
+        return run
+    return factory
+
+
+def make_barrier(inst: Instruction, mods: list[str]) -> Factory:
+    """bar.sync and friends; bar.red also reduces a predicate over the block (__syncthreads_or)."""
+    if "red" not in mods:
+        return no_op(inst, mods)
+    op = next((x for x in mods if x in ("popc", "and", "or")), None)
+    if op is None or len(inst.operands) not in (3, 4):
+        raise Unsupported(f"instruction {inst.opcode}")
+    d, c = inst.operands[0], inst.operands[-1]
+
+    def factory(fr: Frame) -> Run:
+        gc = pred_source(fr, c)
+        _, write = fr.dst(d, DTYPES["u32"] if op == "popc" else DTYPES["pred"])
+
+        def run(m):
+            active = full_mask(fr, m)
+            yes = np.bincount(fr.block_of_thread, np.asarray(gc()) & active, minlength=fr.nblocks)
+            everyone = np.bincount(fr.block_of_thread, active, minlength=fr.nblocks)
+            per_block = {"popc": lambda: yes.astype(np.uint32), "and": lambda: yes == everyone,
+                         "or": lambda: yes > 0}[op]()
+            write(per_block[fr.block_of_thread], m)
+        return run
+    return factory
