@@ -1,4 +1,6 @@
-"""Compile the test kernels once per session with the machine's nvcc, and run them on the emulator."""
+"""Compile the test kernels once per session with the machine's nvcc, and run them on the emulator.
+
+Tests that need nvcc take the `built` fixture, which skips them where nvcc is missing."""
 from __future__ import annotations
 
 import os
@@ -17,7 +19,6 @@ KERNELS = Path(__file__).parent / "kernels"
 NVCC = shutil.which("nvcc")
 # e.g. QCUDA_PTX_FLAGS="-arch=sm_100 -G" runs the suite on other code generation
 PTX_FLAGS = tuple(os.environ.get("QCUDA_PTX_FLAGS", "-arch=sm_90").split())
-needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 
 
 class Built:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import needs_nvcc
 
-pytestmark = needs_nvcc
 rng = np.random.default_rng(1234)
 M64 = (1 << 64) - 1
 

@@ -7,7 +7,6 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import needs_nvcc
 from qcuda.device.backends.emulated.memory import DeviceMemory
 from qcuda.device.backends.emulated.ptx import Module
 from qcuda.protocol.errors import CudaError, Error
@@ -16,7 +15,6 @@ rng = np.random.default_rng(99)
 PARAMS_FMT = "<b7xd3ih2x"  # struct Params {char tag; double scale; int offsets[3]; short s;}
 
 
-@needs_nvcc
 def test_struct_and_template_parameters(built, emu):
     mod = emu.load(built.ptx("params.cu"))
     f_name = "_Z9scale_addIfLi2EEv6ParamsPKT_PS1_i"
@@ -40,7 +38,6 @@ def test_struct_and_template_parameters(built, emu):
     np.testing.assert_array_equal(outi, np.trunc(xi * scale).astype(np.int32) + np.array(offs)[i % 3] * 3 + tag + s)
 
 
-@needs_nvcc
 def test_aligned_struct_parameter_and_vector_store(built, emu):
     mod = emu.load(built.ptx("params.cu"))
     n = 50
@@ -52,7 +49,6 @@ def test_aligned_struct_parameter_and_vector_store(built, emu):
     np.testing.assert_array_equal(out, expect)
 
 
-@needs_nvcc
 def test_special_registers_in_3d(built, emu):
     mod = emu.load(built.ptx("misc.cu"))
     grid, block = (3, 2, 2), (8, 4, 2)
@@ -72,7 +68,6 @@ def test_special_registers_in_3d(built, emu):
     np.testing.assert_array_equal(got, rows)
 
 
-@needs_nvcc
 def test_module_variables(built, emu):
     mod = emu.load(built.ptx("misc.cu"))
     n = 16
@@ -98,7 +93,6 @@ def test_module_variables(built, emu):
     assert emu.memory.used < used
 
 
-@needs_nvcc
 def test_managed_struct_and_constant_variables(built, emu):
     mod = emu.load(built.ptx("misc.cu"))
     addr, size = mod.global_symbol("c2")
@@ -109,7 +103,6 @@ def test_managed_struct_and_constant_variables(built, emu):
     np.testing.assert_array_equal(out, [5 + x + 2 + 100 + 3 + 4 for x in (5, 6, 7, 8)])
 
 
-@needs_nvcc
 def test_variable_initialised_with_an_address(built, emu):
     mod = emu.load(built.ptx("misc.cu"))
     out = np.zeros(3, np.int32)
@@ -120,7 +113,6 @@ def test_variable_initialised_with_an_address(built, emu):
     assert size == 8 and np.frombuffer(emu.memory.read(gptr, 8), np.uint64)[0] == gvals + 4
 
 
-@needs_nvcc
 def test_atomics(built, emu):
     mod = emu.load(built.ptx("misc.cu"))
     n, nbins = 20_000, 37
@@ -134,7 +126,6 @@ def test_atomics(built, emu):
     np.testing.assert_array_equal(np.sort(out), np.arange(1000))
 
 
-@needs_nvcc
 def test_local_memory_array(built, emu):
     mod = emu.load(built.ptx("misc.cu"))
     n = 300
@@ -148,7 +139,6 @@ def test_local_memory_array(built, emu):
     np.testing.assert_array_equal(out, expect)
 
 
-@needs_nvcc
 @pytest.mark.parametrize("which", [0, 1])
 def test_generic_pointers_to_shared_and_global(built, emu, which):
     mod = emu.load(built.ptx("misc.cu"))
@@ -159,7 +149,6 @@ def test_generic_pointers_to_shared_and_global(built, emu, which):
 
 
 # -- images -----------------------------------------------------------------------------------
-@needs_nvcc
 def test_fatbin_forms(built, emu):
     for flags in [("-arch=sm_90",), ("-arch=sm_90", "-Xfatbin", "-compress=false"),
                   ("-gencode", "arch=compute_80,code=compute_80", "-gencode", "arch=compute_90,code=sm_90")]:
@@ -167,14 +156,12 @@ def test_fatbin_forms(built, emu):
         assert set(mod.functions) == {"vec_add", "saxpy_grid_stride", "vec_add_f64"}
 
 
-@needs_nvcc
 def test_several_fatbins_in_one_image(built, emu):
     image = built.fatbin("vecadd.cu") + built.fatbin("matmul.cu")
     mod = emu.load(image)
     assert {"vec_add", "matmul_tiled", "block_sum"} <= set(mod.functions)
 
 
-@needs_nvcc
 def test_fatbin_without_ptx_names_the_fix(built, emu):
     image = built.fatbin("vecadd.cu", "-gencode", "arch=compute_90,code=sm_90")
     with pytest.raises(CudaError) as e:
@@ -223,7 +210,6 @@ def test_out_of_bounds_access_is_an_illegal_address(emu):
     assert "st.global.u32" in str(e.value)
 
 
-@needs_nvcc
 def test_shared_memory_out_of_bounds(built, emu):
     mod = emu.load(built.ptx("matmul.cu"))
     with pytest.raises(CudaError) as e:  # block_sum without the dynamic shared memory it indexes
@@ -261,7 +247,6 @@ class _Hang(Exception):
     pass
 
 
-@needs_nvcc
 def test_mutated_ptx_only_ever_raises_cuda_errors(built, emu):
     """Hostile images: load and launch randomly damaged PTX; nothing but CudaError may escape
     (a mutation that makes a loop endless is cut off by an alarm)."""
@@ -311,7 +296,6 @@ def test_mutated_ptx_only_ever_raises_cuda_errors(built, emu):
         signal.signal(signal.SIGALRM, previous)
 
 
-@needs_nvcc
 def test_contended_and_shared_atomics(built, emu):
     mod = emu.load(built.ptx("misc.cu"))
     n, block = 50_000, 256

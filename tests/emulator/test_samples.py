@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from conftest import needs_nvcc
-
-pytestmark = needs_nvcc
 rng = np.random.default_rng(2024)
 
 
