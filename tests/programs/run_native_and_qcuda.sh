@@ -4,6 +4,7 @@
 # and diff the two outputs. The programs print only check names and results, so the outputs of a
 # correct qcuda match the native ones line for line. qcuda_only/ is left out (a GPU supports those calls).
 # Environment: OUT (default ./programs-logs), QCUDA_BACKEND (default gpu), PYTHON (default python3).
+# Python packages the host lacks (cffi, click, zstandard) may travel as wheels in the repository's .whl/.
 # Exit status: non-zero if a program failed natively or through qcuda, or if any output differs.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,6 +14,11 @@ PYTHON=${PYTHON:-python3}
 backend=${QCUDA_BACKEND:-gpu}
 mkdir -p "$OUT/bin"
 export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
+if ! "$PYTHON" -c "import cffi, click, zstandard" 2>/dev/null && ls "$repo"/.whl/*.whl >/dev/null 2>&1; then
+    site=/tmp/qcuda-site
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$repo"/.whl/*.whl
+    export PYTHONPATH=$PYTHONPATH:$site
+fi
 export QCUDA_RUNTIME_DIR=$(mktemp -d)
 export QCUDA_DEVICE=shm://programs-$$
 
