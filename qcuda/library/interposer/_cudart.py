@@ -14,6 +14,7 @@ first launch of one of its kernels or use of one of its variables.
 from __future__ import annotations
 
 import bisect
+import io
 import os
 import struct
 import sys
@@ -724,6 +725,19 @@ def cudaEventDestroy(event) -> None:
 
 
 # ---- installation -------------------------------------------------------------------------------
+class ProgramStdout(io.RawIOBase):
+    """The program's C stdout: device printf output joins the program's own output in order."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        lib.qcuda_write_stdout(ffi.from_buffer(view), len(view))
+        return len(view)
+
+
+
 def _entry(name: str, fn: Callable) -> Callable:
     """`fn` as a C entry point: a cudaError_t out, failures recorded as the thread's last error."""
 
@@ -752,6 +766,7 @@ def install(ffi_, lib_, names: list[str]) -> None:
     """Attach the implementation of every call the library declares (and its _ptsz/_ptds variants)."""
     global ffi, lib
     ffi, lib = ffi_, lib_
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(ProgramStdout()), line_buffering=True)
     for name in names:
         base = name.removesuffix("_ptsz").removesuffix("_ptds")
         ffi.def_extern(name=name)(_entry(name, globals()[base]))

@@ -191,6 +191,12 @@ int qcuda_unsupported(const char *name, int *warned) {
 }
 
 /* ---- the process ------------------------------------------------------------------------------ */
+void qcuda_write_stdout(const char *data, size_t size) {
+    /* Device printf goes through the program's own stdout buffer, as CUDA's does: ordered with its printf. */
+    fwrite(data, 1, size, stdout);
+    fflush(stdout);
+}
+
 const char *qcuda_library_path(void) {
     Dl_info info;
     return dladdr((void *)qcuda_library_path, &info) && info.dli_fname != NULL ? info.dli_fname : "";
