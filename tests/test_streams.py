@@ -1,6 +1,8 @@
 """Stream and event ordering on a real daemon: work on one stream runs in order, events order streams."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -113,3 +115,27 @@ def test_destroyed_handles_are_refused(guest):
     assert err.value.code == guest.Error.cudaErrorInvalidResourceHandle
     with pytest.raises(guest.CudaError):
         event.query()
+
+
+def test_callbacks_run_in_stream_order_and_hold_the_stream(guest):
+    """Callbacks (which may not call CUDA) see the results of the work before them, and later work waits."""
+    dev = guest.Device(0)
+    stream = dev.create_stream()
+    buf = dev.allocate(4096)
+    pinned = dev.allocate_host(4096)
+    seen = []
+
+    def snapshot(s, status):
+        first = bytes(pinned.view[:1])
+        time.sleep(0.05)  # the memset queued after this callback must not run meanwhile
+        seen.append((s.handle, status, first, bytes(pinned.view[:1])))
+
+    for value in (1, 2, 3):
+        buf.memset(value, stream)
+        buf.copy_to(pinned, stream)
+        stream.add_callback(snapshot)
+    buf.memset(9, stream)
+    buf.copy_to(pinned, stream)
+    stream.synchronize()
+    assert seen == [(stream.handle, 0, v, v) for v in (b"\x01", b"\x02", b"\x03")]
+    assert bytes(pinned.view[:1]) == b"\x09"

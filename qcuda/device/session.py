@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import json
 import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -90,6 +91,9 @@ class Session:
         self._modules = _Table("module", Error.cudaErrorInvalidResourceHandle)
         self._functions = _Table("function", Error.cudaErrorInvalidResourceHandle)
         self._waiters = ThreadPoolExecutor(max_workers=16, thread_name_prefix="qcuda-wait")
+        self._callbacks: dict[int, threading.Event] = {}  # guest callbacks a stream waits on
+        self._callbacks_lock = threading.Lock()
+        self._closed = False
         self._handlers: dict[type, Callable[[Any], Any]] = {
             m.DeviceCount: self._device_count, m.DeviceProperties: self._device_properties,
             m.DeviceSynchronize: self._device_synchronize, m.DeviceReset: self._device_reset,
@@ -98,7 +102,8 @@ class Session:
             m.MemcpyDtoH: self._memcpy_dtoh, m.MemcpyDtoD: self._memcpy_dtod, m.Memset: self._memset,
             m.StreamCreate: self._stream_create, m.StreamDestroy: self._stream_destroy,
             m.StreamSynchronize: self._stream_synchronize, m.StreamQuery: self._stream_query,
-            m.StreamWaitEvent: self._stream_wait_event, m.EventCreate: self._event_create,
+            m.StreamWaitEvent: self._stream_wait_event, m.StreamCallback: self._stream_callback,
+            m.CallbackDone: self._callback_done, m.EventCreate: self._event_create,
             m.EventDestroy: self._event_destroy, m.EventRecord: self._event_record,
             m.EventSynchronize: self._event_synchronize, m.EventQuery: self._event_query,
             m.EventElapsed: self._event_elapsed, m.ModuleLoad: self._module_load,
@@ -153,11 +158,16 @@ class Session:
     def _check_sticky(self, msg: m.Message) -> None:
         for ctx in self._contexts.values():
             code = ctx.sticky_error()
-            if code and not isinstance(msg, (m.DeviceReset, m.DeviceCount, m.DeviceProperties)):
+            if code and not isinstance(msg, (m.DeviceReset, m.DeviceCount, m.DeviceProperties, m.CallbackDone)):
                 raise CudaError(code, "the context is unusable after an earlier fault; cudaDeviceReset recovers")
 
     def close(self) -> None:
         """Free everything the guest left behind."""
+        with self._callbacks_lock:
+            self._closed = True
+            waiting, self._callbacks = self._callbacks, {}
+        for done in waiting.values():  # streams blocked on a dead guest's callbacks go on
+            done.set()
         self._waiters.shutdown(wait=False, cancel_futures=True)
         for ctx in self._contexts.values():
             ctx.close()
@@ -331,6 +341,31 @@ class Session:
     def _stream_wait_event(self, msg: m.StreamWaitEvent) -> None:
         device, event = self._events.get(msg.event)
         self._stream(msg.stream, device).wait_event(event)
+
+    def _stream_callback(self, msg: m.StreamCallback) -> None:
+        """The stream stops here until the guest has run its callback and said so."""
+        _, stream = self._stream_of(msg.stream)
+        done = threading.Event()
+        with self._callbacks_lock:
+            if msg.callback_id in self._callbacks:
+                raise CudaError(Error.cudaErrorInvalidValue, f"callback {msg.callback_id} is already pending")
+            self._callbacks[msg.callback_id] = done
+
+        def reached(status: int) -> None:
+            with self._callbacks_lock:
+                if self._closed:
+                    return
+            self.post(encode(m.Callback(msg.stream, msg.callback_id, status), flags=Flags.HOST_MESSAGE))
+            done.wait()
+
+        stream.host_callback(reached)
+
+    def _callback_done(self, msg: m.CallbackDone) -> None:
+        with self._callbacks_lock:
+            done = self._callbacks.pop(msg.callback_id, None)
+        if done is None:
+            raise CudaError(Error.cudaErrorInvalidValue, f"no callback {msg.callback_id} is pending")
+        done.set()
 
     def _event_create(self, msg: m.EventCreate) -> m.Message:
         event = self._context(msg.device).create_event(msg.flags)

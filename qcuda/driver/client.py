@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import sys
 import threading
+import traceback
+from typing import Callable
 
 import numpy as np
 
@@ -80,8 +83,12 @@ class Client:
         self.deferred: list[CudaError] = []
         self.broken: CudaError | None = None
         self._arena_address = np.frombuffer(self.channel.arena, dtype=np.uint8).ctypes.data
+        self._callbacks: dict[int, Callable[[int], None]] = {}
+        self._callback_ids = itertools.count(1)
+        self._callback_queue: queue.SimpleQueue = queue.SimpleQueue()
         self._receiver = threading.Thread(target=self._receive_loop, name="qcuda-receiver", daemon=True)
         self._receiver.start()
+        threading.Thread(target=self._callback_loop, name="qcuda-callbacks", daemon=True).start()
 
     # -- requests ---------------------------------------------------------------------------
     def submit(self, msg: m.Message) -> Pending:
@@ -115,6 +122,37 @@ class Client:
             self._lose_daemon()
             raise self.broken from None
 
+    def add_callback(self, stream: int, fn: Callable[[int], None]) -> None:
+        """Run `fn(status)` in this process when `stream` reaches this point; the stream waits for it."""
+        with self._lock:
+            callback_id = next(self._callback_ids)
+            self._callbacks[callback_id] = fn
+        try:
+            self.call(m.StreamCallback(stream, callback_id))
+        except CudaError:
+            with self._lock:
+                self._callbacks.pop(callback_id, None)
+            raise
+
+    def _callback_loop(self) -> None:
+        """Guest callbacks run here, one at a time in arrival order, so they may call CUDA themselves."""
+        while True:
+            item = self._callback_queue.get()
+            if item is None:
+                return
+            callback_id, status = item
+            with self._lock:
+                fn = self._callbacks.pop(callback_id, None)
+            if fn is not None:
+                try:
+                    fn(status)
+                except Exception:
+                    traceback.print_exc()
+            try:
+                self.post(m.CallbackDone(callback_id))
+            except CudaError:
+                return
+
     def raise_deferred(self) -> None:
         """Raise the oldest error of an earlier asynchronous request, once."""
         with self._lock:
@@ -146,6 +184,8 @@ class Client:
         if isinstance(msg, m.DeferredError):
             with self._lock:
                 self.deferred.append(CudaError(msg.code, msg.detail))
+        elif isinstance(msg, m.Callback):
+            self._callback_queue.put((msg.callback_id, msg.status))
         elif isinstance(msg, m.Printf):
             sys.stdout.buffer.write(msg.text)
             sys.stdout.flush()
@@ -160,6 +200,7 @@ class Client:
 
     def close(self) -> None:
         self.channel.close()
+        self._callback_queue.put(None)
 
     # -- arena and data movement -------------------------------------------------------------
     def arena_offset(self, view: memoryview) -> int | None:

@@ -65,6 +65,10 @@ class Stream:
         event.record(self)
         return event
 
+    def add_callback(self, fn) -> None:
+        """Call `fn(stream, status)` in this process once the work queued so far has run; later work waits for it."""
+        self.device.client.add_callback(self.handle, lambda status: fn(self, status))
+
     def launch(self, kernel, grid, block, *args, shared_mem: int = 0) -> None:
         kernel.launch(grid, block, *args, shared_mem=shared_mem, stream=self)
 

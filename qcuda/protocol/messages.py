@@ -38,6 +38,7 @@ class Cmd(enum.IntEnum):
     STREAM_QUERY = 33
     STREAM_WAIT_EVENT = 34
     STREAM_CALLBACK = 35
+    CALLBACK_DONE = 36
     EVENT_CREATE = 40
     EVENT_DESTROY = 41
     EVENT_RECORD = 42
@@ -324,6 +325,16 @@ class StreamCallback(Message):
     CMD = Cmd.STREAM_CALLBACK
     FORMAT = "QQ"
     stream: int
+    callback_id: int
+
+
+@_message
+@dataclass(frozen=True)
+class CallbackDone(Message):
+    """The guest ran callback `callback_id`: its stream may go on."""
+
+    CMD = Cmd.CALLBACK_DONE
+    FORMAT = "Q"
     callback_id: int
 
 

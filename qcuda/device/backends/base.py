@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ...protocol._cuda_tables import DEVICE_ATTRIBUTES
 from ...protocol.messages import ModuleKind
@@ -124,6 +125,13 @@ class Stream(ABC):
 
     @abstractmethod
     def wait_event(self, event: Event) -> None: ...
+
+    @abstractmethod
+    def host_callback(self, fn: Callable[[int], None]) -> None:
+        """Run `fn(status)` on a host thread when the stream reaches this point; the stream waits for it.
+
+        `status` is the stream's error (0 if none). `fn` may block, and must not call the backend.
+        """
 
     @abstractmethod
     def fence(self) -> Fence: ...

@@ -140,10 +140,10 @@ class EmulatedStream(Stream):
             item = self._queue.get()
             if item is None:
                 return
-            fn, deps, done = item
+            fn, deps, done, always = item
             for dep in deps:
                 dep.wait()
-            if not self._ctx.sticky:
+            if always or not self._ctx.sticky:
                 try:
                     fn()
                 except CudaError as exc:
@@ -152,12 +152,16 @@ class EmulatedStream(Stream):
                     self._ctx.fault(CudaError(Error.cudaErrorLaunchFailure, f"emulator failure: {exc!r}"))
             done.set()
 
-    def enqueue(self, fn: Callable[[], None], deps: tuple[threading.Event, ...] = ()) -> threading.Event:
-        """Queue `fn` after everything before it here, and after `deps` and the implicit ones."""
+    def enqueue(self, fn: Callable[[], None], deps: tuple[threading.Event, ...] = (),
+                always: bool = False) -> threading.Event:
+        """Queue `fn` after everything before it here, and after `deps` and the implicit ones.
+
+        Work is skipped once the context is broken, unless `always` (host callbacks still run).
+        """
         with self._ctx.order_lock:
             done = threading.Event()
             implicit = self._ctx.implicit_deps(self)
-            self._queue.put((fn, (self.last, *implicit, *deps), done))
+            self._queue.put((fn, (self.last, *implicit, *deps), done, always))
             self.last = done
             return done
 
@@ -204,6 +208,10 @@ class EmulatedStream(Stream):
     def wait_event(self, event: Event) -> None:
         assert isinstance(event, EmulatedEvent)
         self.enqueue(lambda: None, (event.point,))
+
+    def host_callback(self, fn: Callable[[int], None]) -> None:
+        # runs even on a broken context: CUDA calls back with the error as the status
+        self.enqueue(lambda: fn(self._ctx.sticky), always=True)
 
     def fence(self) -> Fence:
         return _Done(self._ctx, self.last)
