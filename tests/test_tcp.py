@@ -63,7 +63,8 @@ def test_control_is_refused_over_tcp(daemon):
 def test_two_daemons_at_once_and_copies_between_them(runtime_dir, monkeypatch):
     import qcuda
 
-    first, second = DaemonProcess(runtime_dir), DaemonProcess(runtime_dir, extra=("--emulated-devices", "2"))
+    first = DaemonProcess(runtime_dir)
+    second = DaemonProcess(runtime_dir, backend="emulated", extra=("--emulated-devices", "2"))  # two devices anywhere
     try:
         monkeypatch.setenv("QCUDA_RUNTIME_DIR", str(runtime_dir))
         monkeypatch.setenv("QCUDA_DEVICE", f"{first.url},{second.tcp_url}")
