@@ -9,8 +9,11 @@ The driver's current context is per thread: every entry point makes its context 
 from __future__ import annotations
 
 import ctypes
+import ctypes
+import itertools
 import threading
 import weakref
+from typing import Callable
 from typing import Callable
 
 import numpy as np
@@ -45,6 +48,11 @@ def check(result: tuple):
     return outs[0] if len(outs) == 1 else tuple(outs) if outs else None
 
 
+def _runtime_code(code: int) -> int:
+    """The cudaError_t for a CUresult number."""
+    return code if code in _RUNTIME_CODES else _NO_RUNTIME_CODE.get(code, Error.cudaErrorUnknown)
+
+
 def _error(err: cu.CUresult) -> CudaError:
     code = int(err)
     ok, text = cu.cuGetErrorString(err)
@@ -53,7 +61,7 @@ def _error(err: cu.CUresult) -> CudaError:
     ctx = getattr(_tls, "ctx", None)
     if code in _STICKY and ctx is not None:
         ctx.break_with(code)
-    return CudaError(code if code in _RUNTIME_CODES else _NO_RUNTIME_CODE.get(code, Error.cudaErrorUnknown), detail)
+    return CudaError(_runtime_code(code), detail)
 
 
 def _ready(result: tuple) -> bool:
@@ -68,6 +76,20 @@ def _address(buffer) -> tuple[int, int]:
     """(address, size) of a host buffer, for the driver."""
     array = np.frombuffer(buffer, np.uint8)
     return array.ctypes.data, array.nbytes
+
+
+# Stream callbacks: one C trampoline for the process; userData is a key to the Python function to run.
+_host_callbacks: dict[int, Callable[[int], None]] = {}
+_callback_keys = itertools.count(1)
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
+def _run_host_callback(stream: int, status: int, key: int) -> None:
+    """Runs on a driver thread once the stream reaches the callback; the stream waits until it returns."""
+    _host_callbacks.pop(key)(_runtime_code(status))
+
+
+_HOST_CALLBACK = cu.CUstreamCallback(ctypes.cast(_run_host_callback, ctypes.c_void_p).value)
 
 
 class GpuBackend(Backend):
@@ -244,6 +266,16 @@ class GpuStream(Stream):
             check(cu.cuLaunchHostFunc(self.handle, cu.CUhostFn(address), 0))
         except CudaError:
             _LIVE_HOST_FNS.discard(trampoline)
+            raise
+
+    def host_callback(self, fn: Callable[[int], None]) -> None:
+        key = next(_callback_keys)
+        _host_callbacks[key] = fn
+        self._ctx.enter()
+        try:  # cuStreamAddCallback, not cuLaunchHostFunc: it tells the callback the stream's error
+            check(cu.cuStreamAddCallback(self.handle, _HOST_CALLBACK, key, 0))
+        except CudaError:
+            del _host_callbacks[key]
             raise
 
     def fence(self) -> Fence:
