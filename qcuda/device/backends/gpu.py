@@ -9,11 +9,9 @@ The driver's current context is per thread: every entry point makes its context 
 from __future__ import annotations
 
 import ctypes
-import ctypes
 import itertools
 import threading
 import weakref
-from typing import Callable
 from typing import Callable
 
 import numpy as np
@@ -203,10 +201,6 @@ def _param_layout(function: cu.CUfunction) -> list[tuple[int, int]]:
         layout.append((int(offset), int(size)))
 
 
-_HOST_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-_LIVE_HOST_FNS: set = set()
-
-
 class GpuStream(Stream):
     def __init__(self, ctx: "GpuContext", handle: cu.CUstream) -> None:
         self._ctx = ctx
@@ -249,24 +243,6 @@ class GpuStream(Stream):
     def wait_event(self, event: Event) -> None:
         self._ctx.enter()
         check(cu.cuStreamWaitEvent(self.handle, _event(event), 0))
-
-    def host_callback(self, fn: Callable[[int], None]) -> None:
-        """cuLaunchHostFunc with a ctypes trampoline, kept alive until the driver has called it."""
-        ctx = self._ctx
-
-        def call(_user_data) -> None:
-            _LIVE_HOST_FNS.discard(trampoline)
-            fn(ctx.sticky_error())
-
-        trampoline = _HOST_FN(call)
-        _LIVE_HOST_FNS.add(trampoline)
-        self._ctx.enter()
-        address = ctypes.cast(trampoline, ctypes.c_void_p).value
-        try:
-            check(cu.cuLaunchHostFunc(self.handle, cu.CUhostFn(address), 0))
-        except CudaError:
-            _LIVE_HOST_FNS.discard(trampoline)
-            raise
 
     def host_callback(self, fn: Callable[[int], None]) -> None:
         key = next(_callback_keys)
