@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DaemonProcess, free_port
+from daemons import DaemonProcess, free_port
 
 TOKEN = "s3cret-token-for-tests"
 
