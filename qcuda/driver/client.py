@@ -12,6 +12,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import traceback
 from typing import Callable
 
@@ -22,7 +23,7 @@ from ..protocol.codec import VERSION, Frame, Malformed
 from ..protocol.errors import CudaError, Error, VersionMismatch
 from ..protocol.messages import Flags
 from ..protocol.urls import DeviceUrl
-from .shm import DEFAULT_ARENA, ChannelClosed, ShmChannel
+from .shm import DEFAULT_ARENA, MAX_SLEEP, ChannelClosed, ShmChannel
 from .tcp import TcpChannel
 
 TCP_LOCAL_ARENA = 64 << 20  # pinned host buffers of a TCP guest live here (no zero copy over a network)
@@ -30,15 +31,19 @@ TCP_LOCAL_ARENA = 64 << 20  # pinned host buffers of a TCP guest live here (no z
 STAGING_CHUNK = 16 << 20
 
 
+SPIN_SECONDS = 200e-6  # a caller polls the completion ring itself this long before leaving it to the receiver
+
+
 class Pending:
     """An answer still to come."""
 
-    __slots__ = ("_done", "frame", "indirect")
+    __slots__ = ("_done", "frame", "indirect", "_client")
 
-    def __init__(self) -> None:
+    def __init__(self, client: "Client") -> None:
         self._done = threading.Event()
         self.frame: Frame | CudaError | None = None
         self.indirect: int | None = None
+        self._client = client
 
     def resolve(self, frame: Frame | CudaError) -> None:
         self.frame = frame
@@ -46,7 +51,9 @@ class Pending:
 
     def result(self) -> m.Message:
         """The reply message; raises CudaError if the request failed."""
-        self._done.wait()
+        if not self._done.is_set():
+            self._client._poll_for(self)
+            self._done.wait()
         frame = self.frame
         if isinstance(frame, CudaError):
             raise frame
@@ -80,6 +87,7 @@ class Client:
         self._ids = itertools.count(2)
         self._pending: dict[int, Pending] = {}
         self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()  # one thread at a time reads the channel
         self.deferred: list[CudaError] = []
         self.broken: CudaError | None = None
         self._arena_address = np.frombuffer(self.channel.arena, dtype=np.uint8).ctypes.data
@@ -93,7 +101,7 @@ class Client:
     # -- requests ---------------------------------------------------------------------------
     def submit(self, msg: m.Message) -> Pending:
         """Send a request whose answer the caller will wait for."""
-        pending = Pending()
+        pending = Pending(self)
         with self._lock:
             if self.broken is not None:
                 raise self.broken
@@ -160,25 +168,55 @@ class Client:
                 raise self.deferred.pop(0)
 
     # -- the receiver thread ---------------------------------------------------------------
+    def _poll_for(self, pending: Pending) -> None:
+        """Wait for `pending` by reading the completion ring in this thread: no hand-over between threads.
+
+        Only shared-memory channels can be polled; after a short spin the receiver thread takes over.
+        """
+        if not hasattr(self.channel, "poll") or not self._poll_lock.acquire(blocking=False):
+            return
+        self.channel.hush()
+        try:
+            deadline = time.perf_counter() + SPIN_SECONDS
+            while not pending._done.is_set() and time.perf_counter() < deadline:
+                frame = self.channel.poll()
+                if frame is not None:
+                    self._deliver(frame)
+        except ChannelClosed:
+            self._lose_daemon()
+        finally:
+            self.channel.unhush()
+            self._poll_lock.release()
+
     def _receive_loop(self) -> None:
-        while True:
-            try:
-                frame = self.channel.receive()
-            except ChannelClosed:
-                self._lose_daemon()
-                return
-            if isinstance(frame, Malformed):
-                print(f"qcuda: ignored a malformed message from {self.url}: {frame.reason}", file=sys.stderr)
-                continue
-            if frame.is_reply:
-                with self._lock:
-                    pending = self._pending.pop(frame.request_id, None)
-                if pending is not None:
-                    if pending.indirect is not None:
-                        self.channel.arena_free(pending.indirect)
-                    pending.resolve(frame)
-            else:
-                self._host_message(frame.message)
+        """Reads what no caller is polling for: long waits, host messages, the daemon's end."""
+        try:
+            if not hasattr(self.channel, "poll"):
+                while True:
+                    self._deliver(self.channel.receive())
+            idle_since = time.perf_counter()
+            while True:
+                with self._poll_lock:
+                    while (frame := self.channel.poll()) is not None:
+                        self._deliver(frame)
+                        idle_since = time.perf_counter()
+                idle = time.perf_counter() - idle_since
+                self.channel.sleep(min(MAX_SLEEP, max(1e-3, idle)))
+        except ChannelClosed:
+            self._lose_daemon()
+
+    def _deliver(self, frame: Frame | Malformed) -> None:
+        if isinstance(frame, Malformed):
+            print(f"qcuda: ignored a malformed message from {self.url}: {frame.reason}", file=sys.stderr)
+        elif frame.is_reply:
+            with self._lock:
+                pending = self._pending.pop(frame.request_id, None)
+            if pending is not None:
+                if pending.indirect is not None:
+                    self.channel.arena_free(pending.indirect)
+                pending.resolve(frame)
+        else:
+            self._host_message(frame.message)
 
     def _host_message(self, msg: m.Message | None) -> None:
         if isinstance(msg, m.DeferredError):

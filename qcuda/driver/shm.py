@@ -60,6 +60,7 @@ class ShmChannel:
         self._wake_host = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._wake_guest = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._send_lock = threading.Lock()
+        self._receiver_sleeping = False
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.closed = False
 
@@ -113,37 +114,57 @@ class ShmChannel:
                 self._ring(self._wake_host)
         return indirect
 
-    # -- receiving (one thread) ------------------------------------------------------------
+    # -- receiving (one thread at a time: the client's poll lock) -----------------------------
+    def poll(self) -> Frame | Malformed | None:
+        """The next frame from the daemon if one is there; never blocks."""
+        record = self._cq.pop()
+        if record is not None:
+            return decode(record[1])
+        if self.closed:
+            raise ChannelClosed
+        return None
+
+    def hush(self) -> None:
+        """A caller is polling: the daemon need not ring (and wake the sleeping receiver) for now."""
+        self._words[GUEST_SLEEPING] = 0
+
+    def unhush(self) -> None:
+        """The caller stopped polling: ring again if the receiver sleeps."""
+        if self._receiver_sleeping:
+            self._words[GUEST_SLEEPING] = 1
+
+    def sleep(self, timeout: float) -> None:
+        """Sleep until the daemon rings (or `timeout`); ChannelClosed when it is gone."""
+        self._receiver_sleeping = True
+        self._words[GUEST_SLEEPING] = 1
+        try:
+            if self._cq.pending():
+                return
+            try:
+                ready, _, _ = select.select([self._wake_guest, self._sock], [], [], timeout)
+            except (OSError, ValueError):  # closed under us by close()
+                raise ChannelClosed from None
+        finally:
+            self._receiver_sleeping = False
+            self._words[GUEST_SLEEPING] = 0
+        if self._wake_guest in ready:
+            try:
+                os.eventfd_read(self._wake_guest)
+            except BlockingIOError:
+                pass
+        if self._sock in ready:
+            self._check_alive()
+
     def receive(self) -> Frame | Malformed:
         """The next frame from the daemon; spins briefly, then sleeps. ChannelClosed when it is gone."""
         idle_since = time.perf_counter()
         while True:
-            record = self._cq.pop()
-            if record is not None:
-                return decode(record[1])
-            if self.closed:
-                raise ChannelClosed
+            frame = self.poll()
+            if frame is not None:
+                return frame
             idle = time.perf_counter() - idle_since
-            if idle < SPIN_SECONDS:
-                time.sleep(0)
-                continue
-            self._words[GUEST_SLEEPING] = 1
-            try:
-                if self._cq.pending():
-                    continue
-                try:
-                    ready, _, _ = select.select([self._wake_guest, self._sock], [], [], min(MAX_SLEEP, max(1e-3, idle)))
-                except (OSError, ValueError):  # closed under us by close()
-                    raise ChannelClosed from None
-            finally:
-                self._words[GUEST_SLEEPING] = 0
-            if self._wake_guest in ready:
-                try:
-                    os.eventfd_read(self._wake_guest)
-                except BlockingIOError:
-                    pass
-            if self._sock in ready:
-                self._check_alive()
+            if idle >= SPIN_SECONDS:
+                self.sleep(min(MAX_SLEEP, max(1e-3, idle)))
 
     def _check_alive(self) -> None:
         try:
