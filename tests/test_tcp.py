@@ -104,7 +104,7 @@ except qcuda.CudaError as exc:
 
 
 def test_daemon_killed_mid_transfer_gives_a_bounded_error(fresh_daemon):
-    from qcuda.driver.tcp import DEAD_PEER_SECONDS
+    from qcuda.protocol.tcp import DEAD_PEER_SECONDS
 
     env = dict(fresh_daemon.env, QCUDA_DEVICE=fresh_daemon.tcp_url)
     guest = subprocess.Popen([sys.executable, "-c", VICTIM], env=env, stdout=subprocess.PIPE,

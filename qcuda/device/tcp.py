@@ -14,6 +14,7 @@ import threading
 from ..protocol import messages as m
 from ..protocol.codec import HEADER_SIZE, Frame, Malformed, decode_parts, encode, encode_error, encode_parts, peek_header
 from ..protocol.errors import Error
+from ..protocol.tcp import send_all, tune
 
 TCP_ARENA = 64 << 20
 HANDLED = object()  # what receive() returns for arena traffic it already served
@@ -25,6 +26,7 @@ class TcpHostChannel:
 
     def __init__(self, conn: socket.socket, arena_size: int = TCP_ARENA) -> None:
         self.conn = conn
+        tune(conn)
         self._region = mmap.mmap(-1, arena_size)
         self.arena = memoryview(self._region)
         self._file = conn.makefile("rb", buffering=1 << 20)
@@ -96,8 +98,6 @@ class TcpHostChannel:
             if self.closed:
                 return
             try:
-                self.conn.sendall(frame)
-                if tail:
-                    self.conn.sendall(tail)
+                send_all(self.conn, frame, tail)
             except OSError:
                 self.closed = True

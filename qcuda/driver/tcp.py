@@ -13,26 +13,11 @@ from ..protocol import messages as m
 from ..protocol.codec import HEADER_SIZE, Frame, Malformed, decode_parts, encode, encode_parts, peek_header
 from ..protocol.errors import CudaError, Error
 from ..protocol.ranges import RangeAllocator
+from ..protocol.tcp import send_all, tune
 from ..protocol.urls import DeviceUrl
 from .shm import ARENA_ALIGNMENT, ChannelClosed
 
 CONNECT_TIMEOUT = 10.0
-# A daemon whose machine vanishes without a reset is noticed within this many seconds:
-KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 2, 1, 3
-USER_TIMEOUT_MS = 10_000
-DEAD_PEER_SECONDS = 10
-
-
-def tune(sock: socket.socket) -> None:
-    """Low latency and a bounded time to notice a dead peer (shared by both ends' sockets)."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
-    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
 
 
 class TcpChannel:
@@ -78,9 +63,7 @@ class TcpChannel:
             raise ChannelClosed
         with self._send_lock:
             try:
-                self._sock.sendall(head)
-                if tail:
-                    self._sock.sendall(tail)
+                send_all(self._sock, head, tail)
             except OSError:
                 raise ChannelClosed from None
 
