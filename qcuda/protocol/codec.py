@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import LocalProtocolError
 from .messages import REPLIES, REQUESTS, Cmd, Empty, Flags, Message, Reply
@@ -20,8 +21,7 @@ HEADER_SIZE = HEADER.size
 MAX_PAYLOAD = 1 << 26  # bulk data moves through the arena or in chunks, never in one huge frame
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     """One decoded frame. For failed replies `message` is None and `detail` says why."""
 
     command: int
@@ -136,7 +136,7 @@ def decode_payload(cls: type[Message], payload: bytes) -> Message | Malformed:
     size = cls._struct.size
     if len(payload) < size or (cls.TAIL is None and len(payload) != size):
         return Malformed(f"{cls.__name__}: payload of {len(payload)} bytes, expected {size}")
-    values = list(cls._struct.unpack_from(payload))
+    values = cls._struct.unpack_from(payload)
     if cls.TAIL is not None:
         tail = payload[size:]
         if cls._tail_is_str:
@@ -144,11 +144,8 @@ def decode_payload(cls: type[Message], payload: bytes) -> Message | Malformed:
                 tail = tail.decode()
             except UnicodeDecodeError:
                 return Malformed(f"{cls.__name__}.{cls.TAIL}: not UTF-8")
-        values.append(tail)
-    try:
-        return cls(*values)
-    except (TypeError, ValueError) as exc:
-        return Malformed(f"{cls.__name__}: {exc}")
+        values += (tail,)
+    return cls._trusted(values)
 
 
 class FrameReader:

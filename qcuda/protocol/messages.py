@@ -58,8 +58,8 @@ class Cmd(enum.IntEnum):
     PRINTF = 0x8003
 
 
-class Flags(enum.IntFlag):
-    """Frame flags."""
+class Flags:
+    """Frame flags (plain ints: they are tested on every message)."""
 
     NONE = 0
     REPLY = 1  # this frame answers the request with the same id
@@ -90,7 +90,15 @@ class Message:
     TAIL: ClassVar[str | None] = None  # name of a trailing bytes/str field
     _struct: ClassVar[struct.Struct]
     _fixed: ClassVar[tuple[str, ...]]
+    _names: ClassVar[tuple[str, ...]]
     _tail_is_str: ClassVar[bool]
+
+    @classmethod
+    def _trusted(cls, values) -> "Message":
+        """Build from values the decoder produced (numbers from `struct`, a checked tail): no re-validation."""
+        obj = object.__new__(cls)
+        obj.__dict__.update(zip(cls._names, values))
+        return obj
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -111,6 +119,7 @@ def _message(cls):
     if len(fixed) != len(cls._struct.unpack(bytes(cls._struct.size))):
         raise TypeError(f"{cls.__name__}: FORMAT {cls.FORMAT!r} does not match its fields")
     cls._fixed = tuple(fixed)
+    cls._names = tuple(names)
     cls._tail_is_str = cls.TAIL is not None and cls.__dataclass_fields__[cls.TAIL].type in ("str", str)
     return cls
 
