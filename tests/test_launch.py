@@ -110,3 +110,30 @@ def test_fault_ends_only_that_guests_context(daemon, ptx, tmp_path):
     assert out.split() == ["sync", "700", "after", "700"], err
     out, err = healthy.communicate(timeout=120)
     assert out.strip() == "ok", err
+
+
+@needs_nvcc
+def test_module_variables_are_copied_by_address(guest, ptx):
+    """What cudaMemcpyToSymbol needs: a variable's address is this session's memory for copies."""
+    from qcuda.protocol import messages as m
+
+    dev = guest.Device(0)
+    module = dev.load_module(ptx)
+    ptr, size = module.get_global("coefficients")
+    assert size == 16
+    client = dev.client
+    client.copy_htod(ptr, memoryview(np.array([1, 2, 3, 4], dtype=np.float32)), 0)
+    counter, counter_size = module.get_global("counter")
+    assert counter_size == 4
+    before = bytearray(4)
+    client.copy_dtoh(memoryview(before), counter, 0)
+    assert int.from_bytes(before, "little") == 41
+    x = dev.to_device(np.ones(8, dtype=np.float32))
+    module.get_kernel("apply").launch(1, 8, x, np.int32(8))
+    assert np.array_equal(x.to_numpy(np.float32), [1, 2, 3, 4, 1, 2, 3, 4])
+    after = bytearray(4)
+    client.copy_dtoh(memoryview(after), counter, 0)
+    assert int.from_bytes(after, "little") == 42
+    module.unload()
+    with pytest.raises(guest.CudaError):
+        client.call(m.MemcpyDtoH(0, counter, 4, 0))

@@ -11,6 +11,7 @@ import bisect
 import json
 import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -22,6 +23,20 @@ from ..protocol.messages import Flags
 from .backends.base import Backend, Context, Event, Fence, Function, Stream
 
 LEGACY_STREAM = 0
+QUICK_SECONDS = 50e-6  # work done this soon is answered from the session's loop, not from a waiter thread
+
+
+def _finishes_soon(fence: Fence) -> bool:
+    """Poll a fence briefly: a small copy is answered without handing it to another thread."""
+    deadline = time.perf_counter() + QUICK_SECONDS
+    while True:
+        try:
+            if fence.done():
+                return True
+        except CudaError:
+            return True  # wait() raises it at once
+        if time.perf_counter() > deadline:
+            return False
 
 
 @dataclass
@@ -84,6 +99,7 @@ class Session:
         self._arena_base: dict[int, int] = {}
         self._allocs: dict[int, tuple[int, int]] = {}  # ptr -> (size, device)
         self._starts: list[int] = []
+        self._symbols: dict[int, tuple[int, int, int]] = {}  # module variables: ptr -> (size, device, module)
         # module handle -> {address: (size, device)}: module variables, which copies may name like allocations
         self._variables: dict[int, dict[int, tuple[int, int]]] = {}
         self._streams = _Table("stream", Error.cudaErrorInvalidResourceHandle)
@@ -130,7 +146,10 @@ class Session:
             return
         if isinstance(result, Later):
             if not frame.flags & Flags.NO_REPLY:
-                self._waiters.submit(self._answer_later, frame, result)
+                if _finishes_soon(result.fence):
+                    self._answer_later(frame, result)
+                else:
+                    self._waiters.submit(self._answer_later, frame, result)
         elif not frame.flags & Flags.NO_REPLY:
             self.post(encode(result if result is not None else m.Empty(), frame.request_id, command=frame.command))
 
@@ -200,6 +219,9 @@ class Session:
             for start, (length, device) in variables.items():
                 if start <= ptr and ptr + size <= start + length and size >= 0:
                     return device
+        for start, (length, device, _) in self._symbols.items():
+            if start <= ptr and ptr + size <= start + length:
+                return device
         if self.arena is not None:
             for device, base in self._arena_base.items():
                 if base <= ptr and ptr + size <= base + len(self.arena):
@@ -397,6 +419,7 @@ class Session:
 
     def _module_unload(self, msg: m.ModuleUnload) -> None:
         device, module = self._modules.pop(msg.module)
+        self._symbols = {p: v for p, v in self._symbols.items() if v[2] != msg.module}
         self._variables.pop(msg.module, None)
         for handle, (_, fn) in list(self._functions._items.items()):
             if getattr(fn, "module", None) is module:

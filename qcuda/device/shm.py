@@ -90,8 +90,7 @@ class HostChannel:
     def wait(self, watch: int, idle_since: float) -> bool:
         """Wait for requests: spin briefly, then sleep on the doorbell. False if `watch` (the guest's socket) is readable."""
         if time.perf_counter() - idle_since < SPIN_SECONDS:
-            time.sleep(0)  # lets waiter threads take the GIL: they post the answers of synchronising calls
-            return True
+            return True  # busy-poll; other threads get the GIL by the worker's short switch interval
         self._words[HOST_SLEEPING] = 1
         try:
             if self._sq.pending():

@@ -26,6 +26,9 @@ from .tcp import HANDLED, TcpHostChannel
 
 STATS = struct.Struct("<QQQQ")  # memory in use, calls, allocations, state (1 = serving)
 EOF_CHECK_SECONDS = 0.02
+# The loop busy-polls while holding the GIL; waiter and stream threads must get it within this long,
+# not after Python's default 5 ms. (A sleep(0) in the loop instead yields the CPU to other processes.)
+SWITCH_INTERVAL = 50e-6
 
 
 class OutputForwarder:
@@ -87,6 +90,7 @@ def run_shm_guest(
     stats_buf,
 ) -> None:
     """Serve one guest on an shm channel until it leaves; never raises."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
     channel = None
     session = None
     try:
@@ -112,6 +116,7 @@ def run_tcp_guest(
     conn: socket.socket, hello: Frame, make_backend: Callable[[], Backend], session_id: int, stats_buf,
 ) -> None:
     """Serve one guest over TCP until it leaves; never raises."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
     channel = TcpHostChannel(conn)
     try:
         backend = make_backend()

@@ -24,6 +24,7 @@ DEFAULT_MEMORY = 4 << 30
 ARENA_DEVICE_BASE = 0x7B00_0000_0000  # where kernels see the channel arena (host-mapped memory)
 DEVICE_STRIDE = 1 << 36  # each device's heap and arena view get their own 64 GiB of addresses (UVA-like)
 MAX_DEVICES = 16
+INLINE_BYTES = 1 << 20  # copies and fills this small run at once when their stream is idle (no thread hand-over)
 
 # An emulated device reports itself as a Hopper-class part so that programs built for sm_90 accept it.
 _ATTRIBUTES = {
@@ -153,31 +154,40 @@ class EmulatedStream(Stream):
             done.set()
 
     def enqueue(self, fn: Callable[[], None], deps: tuple[threading.Event, ...] = (),
-                always: bool = False) -> threading.Event:
+                always: bool = False, small: bool = False) -> threading.Event:
         """Queue `fn` after everything before it here, and after `deps` and the implicit ones.
 
         Work is skipped once the context is broken, unless `always` (host callbacks still run).
+        `small` work runs right here when nothing is ahead of it, as a GPU starts an idle queue at once.
         """
         with self._ctx.order_lock:
             done = threading.Event()
-            implicit = self._ctx.implicit_deps(self)
-            self._queue.put((fn, (self.last, *implicit, *deps), done, always))
+            waits = (self.last, *self._ctx.implicit_deps(self), *deps)
+            if small and not self._ctx.sticky and all(w.is_set() for w in waits):
+                try:
+                    fn()
+                except CudaError as exc:
+                    self._ctx.fault(exc)
+                done.set()
+                self.last = done
+                return done
+            self._queue.put((fn, waits, done, always))
             self.last = done
             return done
 
     def copy_htod(self, dst: int, src: memoryview) -> None:
         target = self._ctx.memory.view(dst, len(src))
         data = np.frombuffer(src, dtype=np.uint8)
-        self.enqueue(lambda: np.copyto(target, data))
+        self.enqueue(lambda: np.copyto(target, data), small=len(src) <= INLINE_BYTES)
 
     def copy_dtoh(self, dst: memoryview, src: int) -> None:
         source = self._ctx.memory.view(src, len(dst))
         target = np.frombuffer(dst, dtype=np.uint8)
-        self.enqueue(lambda: np.copyto(target, source))
+        self.enqueue(lambda: np.copyto(target, source), small=len(dst) <= INLINE_BYTES)
 
     def copy_dtod(self, dst: int, src: int, size: int) -> None:
         target, source = self._ctx.memory.view(dst, size), self._ctx.memory.view(src, size)
-        self.enqueue(lambda: np.copyto(target, source))
+        self.enqueue(lambda: np.copyto(target, source), small=size <= INLINE_BYTES)
 
     def memset(self, ptr: int, value: int, element_size: int, count: int) -> None:
         dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32}.get(element_size)
@@ -188,7 +198,7 @@ class EmulatedStream(Stream):
             raise CudaError(Error.cudaErrorInvalidValue, "misaligned memset destination")
         target = view.view(dtype)
         fill = dtype(value & ((1 << (8 * element_size)) - 1))
-        self.enqueue(lambda: target.fill(fill))
+        self.enqueue(lambda: target.fill(fill), small=element_size * count <= INLINE_BYTES)
 
     def launch(self, function: Function, grid, block, shared_bytes: int, params: bytes) -> None:
         kernel = getattr(function, "kernel", None)
