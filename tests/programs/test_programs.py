@@ -6,8 +6,10 @@ session with nvcc, so these tests need the CUDA toolkit (not a GPU).
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -84,3 +86,13 @@ def test_library_matches_the_real_one():
     assert ours == {f"{name}@@libcudart.so.13" for name in EXPORTS}
     readelf = subprocess.run(["readelf", "-d", str(LIBRARY)], capture_output=True, text=True, check=True)
     assert "Library soname: [libcudart.so.13]" in readelf.stdout
+
+
+def test_run_starts_a_local_daemon_when_none_is_reachable(built, runtime_dir, tmp_path):
+    """With no QCUDA_DEVICE and no daemon at the default address, `qcuda run` brings its own."""
+    env = {k: v for k, v in os.environ.items() if k != "QCUDA_DEVICE"}
+    env["QCUDA_RUNTIME_DIR"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "qcuda", "run", "--", str(built["multi_fatbin"])], env=env,
+                            capture_output=True, text=True, timeout=300, cwd=HERE.parent.parent)
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "PASS", result.stdout + result.stderr
+    assert "starting a local one" in result.stderr
