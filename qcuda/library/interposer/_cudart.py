@@ -30,7 +30,7 @@ from .._device import Device
 from .._memory import DeviceBuffer, HostBuffer
 from .._module import Kernel, Module
 from .._stream import Event, Stream
-from ._cudart_abi import DEFINES, STRUCTS, cudaLimit, cudaMemcpyKind, cudaMemoryType
+from ._cudart_abi import DEFINES, STRUCTS, cudaFuncAttribute, cudaLimit, cudaMemcpyKind, cudaMemoryType
 
 ffi = lib = None  # the library's cffi objects, set by install()
 
@@ -38,6 +38,7 @@ VERBOSE = bool(os.environ.get("QCUDA_VERBOSE"))
 NOT_READY = Error.cudaErrorNotReady  # a status, not an error: never the thread's last error
 LEGACY_STREAMS = (0, 1, 2)  # 0, cudaStreamLegacy, cudaStreamPerThread: the device's default stream
 PITCH_ALIGNMENT = 512
+LEAST_PRIORITY, GREATEST_PRIORITY = 0, -5  # cudaDeviceGetStreamPriorityRange on sm_90
 HOST_TO_HOST, HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE, DEFAULT = (
     cudaMemcpyKind[k] for k in ("cudaMemcpyHostToHost", "cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost",
                                 "cudaMemcpyDeviceToDevice", "cudaMemcpyDefault"))
@@ -77,6 +78,7 @@ class State:
         self.pinned: dict[int, tuple[HostBuffer, int]] = {}  # host address -> (arena buffer, flags)
         self.registered: dict[int, tuple[int, int]] = {}  # cudaHostRegister: address -> (size, flags)
         self.streams: dict[int, Stream] = {}
+        self.stream_info: dict[int, tuple[int, int]] = {}  # handle -> (flags, priority)
         self.events: dict[int, Event] = {}
         self.next_handle = 0x1000
         self.modules: dict[tuple[int, int], Module] = {}  # (fatbin, device) -> module
@@ -228,6 +230,18 @@ def cudaLaunchKernel(func, grid, block, args, shared: int, stream) -> None:
 __cudaLaunchKernel = cudaLaunchKernel
 
 
+def cudaFuncSetAttribute(func, attr: int, value: int) -> None:
+    """Checked and accepted: qcuda already lets a kernel use the device's opt-in shared memory."""
+    if lib.qcuda_find_function(func) == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidDeviceFunction, "not a registered kernel")
+    if attr not in cudaFuncAttribute.values():
+        raise CudaError(Error.cudaErrorInvalidValue, f"function attribute {attr}")
+    dev = device()
+    optin = dev.attributes.get("cudaDevAttrMaxSharedMemoryPerBlockOptin", dev.attribute("MaxSharedMemoryPerBlock"))
+    if attr == cudaFuncAttribute["cudaFuncAttributeMaxDynamicSharedMemorySize"] and not 0 <= value <= optin:
+        raise CudaError(Error.cudaErrorInvalidValue, f"{value} bytes of dynamic shared memory; the device has {optin}")
+
+
 def cudaFuncGetAttributes(attr, func) -> None:
     dev = device()
     _kernel(_addr(func), dev)
@@ -364,6 +378,24 @@ def cudaDeviceGetStreamPriorityRange(least, greatest) -> None:
         _out(greatest, "int", -5)
 
 
+def cudaDeviceGetPCIBusId(text, length: int, ordinal: int) -> None:
+    a = device(ordinal).attributes
+    bus_id = (f"{a.get('cudaDevAttrPciDomainId', 0):04x}:{a.get('cudaDevAttrPciBusId', 0):02x}:"
+              f"{a.get('cudaDevAttrPciDeviceId', 0):02x}.0").encode()
+    if text == ffi.NULL or length <= 0:
+        raise CudaError(Error.cudaErrorInvalidValue, "no room for the PCI bus id")
+    data = bus_id[:length - 1] + b"\0"
+    ffi.memmove(text, data, len(data))
+
+
+def cudaProfilerStart() -> None:
+    """No profiler runs behind qcuda: starting and stopping it do nothing, as without a profiler attached."""
+
+
+def cudaProfilerStop() -> None:
+    """See cudaProfilerStart."""
+
+
 def cudaMemGetInfo(free, total) -> None:
     f, t = device().mem_info()
     _out(free, "size_t", f)
@@ -401,6 +433,21 @@ def cudaFree(ptr) -> None:
             raise CudaError(Error.cudaErrorInvalidValue, f"0x{address:x} is not a cudaMalloc allocation")
         S.untrack(address)
     entry[2].free()
+
+
+def cudaMallocAsync(ptr, size: int, stream) -> None:
+    """Allocated at once: memory that exists sooner than the stream needs it is still stream-ordered."""
+    _stream(stream)
+    cudaMalloc(ptr, size)
+
+
+def cudaFreeAsync(ptr, stream) -> None:
+    """Freed once the stream's earlier work is done (the host waits for it)."""
+    s, dev = _stream(stream)
+    if _addr(ptr) == 0:
+        return
+    (s or dev.default_stream).synchronize()
+    cudaFree(ptr)
 
 
 def cudaHostAlloc(ptr, size: int, flags: int) -> None:
@@ -549,6 +596,17 @@ def cudaMemcpyPeer(dst, dst_device: int, src, src_device: int, count: int) -> No
     d.client.copy_htod(_addr(dst), memoryview(staging), 0)
 
 
+def cudaMemcpyPeerAsync(dst, dst_device: int, src, src_device: int, count: int, stream) -> None:
+    """Asynchronous within one device; between devices it goes through the host, so it returns when done."""
+    s, _ = _stream(stream)
+    d, sd = device(dst_device), device(src_device)
+    if d.client is sd.client and d.remote_ordinal == sd.remote_ordinal:
+        _copy(_addr(dst), _addr(src), count, DEVICE_TO_DEVICE, stream, True)
+        return
+    (s or d.default_stream).synchronize()
+    cudaMemcpyPeer(dst, dst_device, src, src_device, count)
+
+
 def _memset(ptr: int, value: int, count: int, stream, asynchronous: bool) -> None:
     s, sdev = _stream(stream)
     kind, dev = _locate(ptr, count)
@@ -649,9 +707,11 @@ def cudaGetSymbolSize(size, symbol) -> None:
 def cudaStreamCreateWithPriority(p_stream, flags: int, priority: int) -> None:
     if p_stream == ffi.NULL:
         raise CudaError(Error.cudaErrorInvalidValue, "a NULL stream pointer")
+    priority = min(LEAST_PRIORITY, max(GREATEST_PRIORITY, priority))
     stream = device().create_stream(non_blocking=bool(flags & 1), priority=priority)
     handle = S.handle()
     S.streams[handle] = stream
+    S.stream_info[handle] = (flags, priority)
     _out(p_stream, "uintptr_t", handle)
 
 
@@ -668,7 +728,22 @@ def cudaStreamDestroy(stream) -> None:
     s = S.streams.pop(h, None)
     if s is None:
         raise CudaError(Error.cudaErrorInvalidResourceHandle, f"stream 0x{h:x}")
+    S.stream_info.pop(h, None)
     s.destroy()
+
+
+def cudaStreamGetFlags(stream, flags) -> None:
+    s, _ = _stream(stream)
+    _out(flags, "unsigned int", 0 if s is None else S.stream_info[_addr(stream)][0])
+
+
+def cudaStreamGetPriority(stream, priority) -> None:
+    s, _ = _stream(stream)
+    _out(priority, "int", 0 if s is None else S.stream_info[_addr(stream)][1])
+
+
+def cudaStreamGetDevice(stream, ordinal) -> None:
+    _out(ordinal, "int", _stream(stream)[1].ordinal)
 
 
 def cudaStreamSynchronize(stream) -> None:
@@ -703,6 +778,12 @@ def cudaEventRecord(event, stream) -> None:
     e = _event(event)
     s, _ = _stream(stream)
     e.record(s)
+
+
+def cudaEventRecordWithFlags(event, stream, flags: int) -> None:
+    if flags & ~1:  # cudaEventRecordExternal is the one flag
+        raise CudaError(Error.cudaErrorInvalidValue, f"event record flags {flags:#x}")
+    cudaEventRecord(event, stream)
 
 
 def cudaEventSynchronize(event) -> None:

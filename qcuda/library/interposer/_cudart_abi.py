@@ -561,4 +561,6 @@ cudaMemoryType: dict[str, int] = {'cudaMemoryTypeUnregistered': 0, 'cudaMemoryTy
 
 cudaLimit: dict[str, int] = {'cudaLimitStackSize': 0, 'cudaLimitPrintfFifoSize': 1, 'cudaLimitMallocHeapSize': 2, 'cudaLimitDevRuntimeSyncDepth': 3, 'cudaLimitDevRuntimePendingLaunchCount': 4, 'cudaLimitMaxL2FetchGranularity': 5, 'cudaLimitPersistingL2CacheSize': 6}
 
+cudaFuncAttribute: dict[str, int] = {'cudaFuncAttributeMaxDynamicSharedMemorySize': 8, 'cudaFuncAttributePreferredSharedMemoryCarveout': 9, 'cudaFuncAttributeClusterDimMustBeSet': 10, 'cudaFuncAttributeRequiredClusterWidth': 11, 'cudaFuncAttributeRequiredClusterHeight': 12, 'cudaFuncAttributeRequiredClusterDepth': 13, 'cudaFuncAttributeNonPortableClusterSizeAllowed': 14, 'cudaFuncAttributeClusterSchedulingPolicyPreference': 15}
+
 DEFINES: dict[str, int] = {'cudaHostAllocDefault': 0, 'cudaHostAllocPortable': 1, 'cudaHostAllocMapped': 2, 'cudaHostAllocWriteCombined': 4}
