@@ -15,6 +15,7 @@ import numpy as np
 from .protocol import messages as m
 from .protocol.codec import VERSION, Frame, FrameReader, encode
 from .protocol.errors import CudaError
+from .protocol.region import Geometry
 from .protocol.urls import DeviceUrl, default, parse, parse_list
 
 
@@ -49,18 +50,25 @@ def main() -> None:
 @click.option("--emulated-memory", default="4G", show_default=True, help="Memory of each emulated device.")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False),
               help="Access token TCP guests must present (or set QCUDA_TOKEN); required off loopback.")
+@click.option("--max-arena", default="1G", show_default=True,
+              help="Largest shared region a local guest may bring (the GPU backend pins it).")
+@click.option("--memory-limit", default=None, help="Device memory each guest may hold (e.g. 8G); no limit by default.")
 @click.option("--print-capabilities", is_flag=True, help="Print what this daemon supports as JSON and exit.")
-def serve(listen, backend, emulated_devices, emulated_memory, token_file, print_capabilities) -> None:
+def serve(listen, backend, emulated_devices, emulated_memory, token_file, max_arena, memory_limit,
+          print_capabilities) -> None:
     """Serve guests until SIGTERM."""
     if print_capabilities:
         click.echo(json.dumps({"protocol": VERSION, "transports": ["shm", "tcp"], "backends": ["gpu", "emulated"]}))
         return
     from .device.daemon import Daemon, choose_backend
+    from .device.session import Limits
 
     token = open(token_file, "rb").read().strip() if token_file else os.environ.get("QCUDA_TOKEN", "").encode()
     choice = choose_backend(backend, emulated_devices, _size(emulated_memory))
+    region = Geometry.plan(_size(max_arena) // 4096 * 4096).region_size  # the arena with its header and rings
+    limits = Limits(region, _size(memory_limit) if memory_limit else None)
     daemon = Daemon(list(listen) or [default()], choice, log=lambda line: print(line, file=sys.stderr, flush=True),
-                    token=token)
+                    token=token, limits=limits)
     daemon.listen()
     daemon.serve_forever()
 

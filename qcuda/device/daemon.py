@@ -27,6 +27,7 @@ from ..protocol.codec import VERSION, Frame, FrameReader, Malformed, decode, enc
 from ..protocol.errors import Error, VersionMismatch
 from ..protocol.urls import DeviceUrl
 from .backends.base import Backend
+from .session import Limits
 from .worker import STATS, run_shm_guest, run_tcp_guest
 
 HELLO_FDS = 3  # region, host doorbell, guest doorbell
@@ -124,9 +125,19 @@ def choose_backend(kind: str, emulated_devices: int = 1, emulated_memory: int = 
     return BackendChoice("emulated", emulated, f"no usable GPU ({why})")
 
 
+def _check_runtime_dir(path) -> None:
+    """Guests trust the socket in this directory with their memory: only we (or root) may write there."""
+    st = os.stat(path)
+    if st.st_uid not in (0, os.getuid()) or st.st_mode & 0o022:
+        raise SystemExit(f"qcuda serve: {path} is writable by others or owned by uid {st.st_uid}: another user could "
+                         "replace the daemon's socket; remove it or set QCUDA_RUNTIME_DIR to a directory of yours")
+
+
 class Daemon:
-    def __init__(self, urls: list[DeviceUrl], backend: BackendChoice, log=print, token: bytes | None = None) -> None:
+    def __init__(self, urls: list[DeviceUrl], backend: BackendChoice, log=print, token: bytes | None = None,
+                 limits: Limits = Limits()) -> None:
         self.urls = urls
+        self.limits = limits
         self.backend = backend
         self.log = log
         self.token = token or None
@@ -143,6 +154,7 @@ class Daemon:
             if url.scheme == "shm":
                 path = url.socket_path
                 path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                _check_runtime_dir(path.parent)
                 probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
                     probe.connect(str(path))
@@ -377,9 +389,9 @@ class Daemon:
                 self._selector.close()
                 conn.setblocking(True)
                 if url.scheme == "tcp":
-                    run_tcp_guest(conn, hello, self.backend.make, session_id, stats)
+                    run_tcp_guest(conn, hello, self.backend.make, session_id, stats, self.limits)
                 else:
-                    run_shm_guest(conn, hello, fds, self.backend.make, session_id, stats)
+                    run_shm_guest(conn, hello, fds, self.backend.make, session_id, stats, self.limits)
             except BaseException:
                 import traceback
 

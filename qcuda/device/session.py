@@ -47,6 +47,14 @@ class Later:
     reply: m.Message = field(default_factory=m.Empty)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What an operator allows each guest: the shared region's size and device memory (None: no limit)."""
+
+    max_region: int = 1 << 30
+    device_memory: int | None = None
+
+
 @dataclass
 class Stats:
     """What an operator sees of a session (`qcuda status`)."""
@@ -89,8 +97,9 @@ class Session:
     """Turns one guest's frames into backend work and posts the answers with `post`."""
 
     def __init__(self, backend: Backend, arena: memoryview | None, post: Callable[[bytes], None],
-                 flush_output: Callable[[], None] = lambda: None) -> None:
+                 flush_output: Callable[[], None] = lambda: None, limits: Limits = Limits()) -> None:
         self.backend = backend
+        self.limits = limits
         self.arena = arena
         self.post = post
         self._flush_output = flush_output  # device printf reaches the guest before a synchronous answer
@@ -281,6 +290,10 @@ class Session:
 
     # -- memory -----------------------------------------------------------------------------
     def _mem_alloc(self, msg: m.MemAlloc) -> m.Message:
+        quota = self.limits.device_memory
+        if quota is not None and self.stats.memory + msg.size > quota:
+            raise CudaError(Error.cudaErrorMemoryAllocation,
+                            f"this guest may hold {quota} bytes of device memory; it holds {self.stats.memory}")
         ptr = self._context(msg.device).alloc(msg.size)
         self._allocs[ptr] = (msg.size, msg.device)
         bisect.insort(self._starts, ptr)

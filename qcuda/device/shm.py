@@ -20,16 +20,16 @@ from ..protocol.region import (
     Geometry, RingCorrupt, RingReader, RingWriter, control_words,
 )
 
-MAX_REGION = 64 << 30
 SPIN_SECONDS = 200e-6  # busy-poll this long after the last request before sleeping
 MAX_SLEEP = 0.05  # a lost wake-up (no fence in Python) costs at most this much
 
 
-def map_region(fd: int, require_seals: bool = True) -> tuple[mmap.mmap, Geometry]:
+def map_region(fd: int, max_size: int, require_seals: bool = True) -> tuple[mmap.mmap, Geometry]:
     """Map a guest's region and check its geometry; RemoteProtocolError if it is unusable."""
     size = os.fstat(fd).st_size
-    if not 0 < size <= MAX_REGION:
-        raise RemoteProtocolError(f"region of {size} bytes is outside 1..{MAX_REGION}")
+    if not 0 < size <= max_size:
+        raise RemoteProtocolError(f"region of {size} bytes; this daemon accepts at most {max_size} "
+                                  "(a smaller QCUDA_ARENA, or ask the operator for --max-arena)")
     if require_seals:
         try:
             seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)

@@ -20,7 +20,7 @@ from ..protocol import messages as m
 from ..protocol.codec import VERSION, Frame, Malformed, decode, encode, encode_error
 from ..protocol.errors import CudaError, Error, RemoteProtocolError
 from .backends.base import Backend
-from .session import Session
+from .session import Limits, Session
 from .shm import HostChannel, map_region
 from .tcp import HANDLED, TcpHostChannel
 
@@ -87,17 +87,17 @@ def publish(stats_buf, session: Session | None, serving: bool) -> None:
 
 def run_shm_guest(
     conn: socket.socket, hello: Frame, fds: list[int], make_backend: Callable[[], Backend], session_id: int,
-    stats_buf,
+    stats_buf, limits: Limits,
 ) -> None:
     """Serve one guest on an shm channel until it leaves; never raises."""
     sys.setswitchinterval(SWITCH_INTERVAL)
     channel = None
     session = None
     try:
-        region, geometry = map_region(fds[0])
+        region, geometry = map_region(fds[0], limits.max_region)
         channel = HostChannel(region, geometry, fds[1], fds[2])
         backend = make_backend()
-        session = Session(backend, channel.arena, channel.post, OutputForwarder(channel.post).drain)
+        session = Session(backend, channel.arena, channel.post, OutputForwarder(channel.post).drain, limits)
         conn.sendall(encode(m.HelloReply(VERSION, 0, session_id, backend.device_count(), 0), hello.request_id))
     except (RemoteProtocolError, OSError, CudaError) as exc:
         code = exc.code if isinstance(exc, CudaError) else Error.cudaErrorInvalidValue
@@ -114,13 +114,14 @@ def run_shm_guest(
 
 def run_tcp_guest(
     conn: socket.socket, hello: Frame, make_backend: Callable[[], Backend], session_id: int, stats_buf,
+    limits: Limits,
 ) -> None:
     """Serve one guest over TCP until it leaves; never raises."""
     sys.setswitchinterval(SWITCH_INTERVAL)
     channel = TcpHostChannel(conn)
     try:
         backend = make_backend()
-        session = Session(backend, channel.arena, channel.post, OutputForwarder(channel.post).drain)
+        session = Session(backend, channel.arena, channel.post, OutputForwarder(channel.post).drain, limits)
         conn.sendall(encode(m.HelloReply(VERSION, 0, session_id, backend.device_count(), len(channel.arena)),
                             hello.request_id))
     except (OSError, CudaError) as exc:

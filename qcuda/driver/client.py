@@ -69,6 +69,7 @@ class Client:
 
     def __init__(self, url: DeviceUrl, arena_size: int | None = None) -> None:
         self.url = url
+        self._pid = os.getpid()
         size = arena_size if arena_size is not None else _arena_size_from_env()
         self.channel: ShmChannel | TcpChannel = (
             ShmChannel(url, size) if url.scheme == "shm" else TcpChannel(url, arena_size or TCP_LOCAL_ARENA)
@@ -99,12 +100,17 @@ class Client:
         threading.Thread(target=self._callback_loop, name="qcuda-callbacks", daemon=True).start()
 
     # -- requests ---------------------------------------------------------------------------
+    def _usable(self) -> None:
+        if self.broken is not None:
+            raise self.broken
+        if os.getpid() != self._pid:  # e.g. a finalizer running in a forked child at its exit
+            raise CudaError(Error.cudaErrorInitializationError, "this connection belongs to the parent process")
+
     def submit(self, msg: m.Message) -> Pending:
         """Send a request whose answer the caller will wait for."""
         pending = Pending(self)
         with self._lock:
-            if self.broken is not None:
-                raise self.broken
+            self._usable()
             rid = next(self._ids)
             self._pending[rid] = pending
         try:
@@ -121,8 +127,7 @@ class Client:
     def post(self, msg: m.Message) -> None:
         """Send an asynchronous request: no answer unless it fails (then at the next synchronisation)."""
         with self._lock:
-            if self.broken is not None:
-                raise self.broken
+            self._usable()
             rid = next(self._ids)
         try:
             self.channel.send_message(msg, rid, Flags.NO_REPLY)

@@ -72,4 +72,11 @@ def reset_runtime() -> None:
         _runtime = None
 
 
+def _forget_in_child() -> None:
+    """A forked child must not use its parent's channel (its threads did not survive the fork)."""
+    global _runtime
+    _runtime = None
+
+
 atexit.register(reset_runtime)
+os.register_at_fork(after_in_child=_forget_in_child)
