@@ -21,7 +21,7 @@ from cuda.bindings import nvrtc
 from ...protocol._cuda_tables import DEVICE_ATTRIBUTES, ERRORS
 from ...protocol.errors import CudaError, Error
 from .base import (
-    EVENT_DISABLE_TIMING, MODULE_IMAGE, MODULE_SOURCE, Backend, Context, DeviceInfo, Event, Fence, Function,
+    EVENT_DISABLE_TIMING, MODULE_IMAGE, AllDone, MODULE_SOURCE, Backend, Context, DeviceInfo, Event, Fence, Function,
     Module, Stream,
 )
 
@@ -141,18 +141,6 @@ class _EventFence(Fence):
     def done(self) -> bool:
         self._ctx.enter()
         return _ready(cu.cuEventQuery(self._event))
-
-
-class _AllDone(Fence):
-    def __init__(self, fences: list[Fence]) -> None:
-        self._fences = fences
-
-    def wait(self) -> None:
-        for f in self._fences:
-            f.wait()
-
-    def done(self) -> bool:
-        return all(f.done() for f in self._fences)
 
 
 class GpuEvent(Event):
@@ -396,7 +384,7 @@ class GpuContext(Context):
         return GpuModule(self, check(cu.cuModuleLoadData(image))), log
 
     def synchronize_fence(self) -> Fence:
-        return _AllDone([s.fence() for s in (self.default_stream, *self.streams)])
+        return AllDone([s.fence() for s in (self.default_stream, *self.streams)])
 
     def close(self) -> None:
         """Reset the primary context: frees its memory, streams, events and modules at once, also after a fault."""
