@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from qcuda.device.backends.emulated.memory import DeviceMemory
-from qcuda.device.backends.emulated.ptx import Kernel, Module
+from qcuda.device.backends.emulated.ptx import Kernel, Module, kernel
 
 KERNELS = Path(__file__).parent / "kernels"
 NVCC = shutil.which("nvcc")
@@ -99,6 +99,11 @@ class Emu:
                 self.memory.free(addr)
 
 
-@pytest.fixture
-def emu() -> Emu:
+@pytest.fixture(params=["batched", "compacting"])
+def emu(request, monkeypatch) -> Emu:
+    """Every kernel test runs twice: as the emulator runs it, and with a loop entered by any
+    subset of the threads always moved into a compacted frame (normally only big, sparse ones)."""
+    if request.param == "compacting":
+        monkeypatch.setattr(kernel, "COMPACT_MIN_THREADS", 1)
+        monkeypatch.setattr(kernel, "COMPACT_RATIO", 1)
     return Emu()

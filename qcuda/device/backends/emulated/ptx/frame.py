@@ -53,17 +53,23 @@ class Active:
 
     numpy's `where=` branches per element and is several times slower on divergent masks, so a
     write under a partial mask is a scatter to the active lanes when they are few, else a
-    bitwise select (`d ^= (v ^ d) & bits`).
+    bitwise select (`d ^= (v ^ d) & bits`). Cheaper still: a register that no inactive thread
+    will read again (`live`: the registers live where they wait) is written in every lane.
     """
 
-    __slots__ = ("mask", "index", "_bits")
+    __slots__ = ("mask", "index", "_bits", "live")
     SPARSE = 0.15  # below this active fraction, scatter by index
 
-    def __init__(self, mask: np.ndarray) -> None:
+    def __init__(self, mask: np.ndarray, live: frozenset[str] | None = None, count: int | None = None) -> None:
         self.mask = mask
-        count = int(np.count_nonzero(mask))
+        self.live = live  # None: every register may still be read by an inactive thread
+        count = int(np.count_nonzero(mask)) if count is None else count
         self.index = np.flatnonzero(mask) if count < self.SPARSE * mask.size else None
         self._bits: dict[int, np.ndarray] = {}
+
+    def clobbers(self, name: str) -> bool:
+        """True when no inactive thread reads register `name` again: write every lane."""
+        return self.live is not None and name not in self.live
 
     def bits(self, size: int) -> np.ndarray:
         """All-ones in active lanes, zero elsewhere, as unsigned integers of `size` bytes."""
@@ -147,8 +153,10 @@ class Frame:
         self.local_size = kernel.local_size
         self.local = np.zeros(max(n * self.local_size, 16), dtype=np.uint8)
         t = np.arange(n, dtype=np.int64)
+        # thread_index: position -> thread id (the same here; a compacted frame holds a subset).
+        # block_of_thread is indexed by thread id, block_pos by position.
         self.thread_index = t
-        self.block_of_thread = t // self.tpb
+        self.block_of_thread = self.block_pos = t // self.tpb
         lin = (t % self.tpb).astype(np.uint32)
         lane = lin % 32
         # warps: 32 consecutive threads of a block; the last one of a block may be partial
@@ -185,6 +193,26 @@ class Frame:
         self.sregs["%ctaid.z"][:] = lin // (gx * gy)
         self.shared.fill(0)
         self.local.fill(0)
+
+    def compact(self, positions: np.ndarray) -> "Frame":
+        """A frame of just these threads (their registers copied), sharing this one's memory:
+        a long loop run by a few threads then costs in proportion to them, not to the batch."""
+        sub = object.__new__(Frame)
+        sub.__dict__.update(self.__dict__)
+        sub.n = positions.size
+        sub.regs = {name: arr[positions] for name, arr in self.regs.items()}
+        sub._views = {}
+        sub.sregs = {name: arr[positions] for name, arr in self.sregs.items()}
+        sub.thread_index = self.thread_index[positions]
+        sub.block_pos = self.block_pos[positions]
+        for name in ("warp_key", "warp_base", "block_end", "lane"):  # kernels with warp collectives never compact
+            setattr(sub, name, None)
+        return sub
+
+    def expand(self, sub: "Frame", positions: np.ndarray) -> None:
+        """Copy a compacted frame's registers back into these threads."""
+        for name, arr in self.regs.items():
+            arr[positions] = sub.regs[name]
 
     # -- operands ---------------------------------------------------------------------------
     def view(self, name: str, dt: np.dtype) -> np.ndarray | None:
@@ -260,13 +288,14 @@ class Frame:
         if op.name not in self.regs:
             raise CudaError(Error.cudaErrorInvalidPtx, f"undeclared or read-only register {op.name}")
         v = self.view(op.name, dt)
+        name = op.name
         if v is not None and self.ftz and dt == F32:
             def write_flushed(value, m, v=v):
-                blend(v, flush_subnormals(value), m)
+                blend(v, flush_subnormals(value), True if m is True or m.clobbers(name) else m)
             return None, write_flushed
         if v is not None:
             def write(value, m, v=v):
-                blend(v, value, m)
+                blend(v, value, True if m is True or m.clobbers(name) else m)
             return v, write
         store = self.regs[op.name]
         if store.dtype == np.bool_ or dt == np.bool_ or store.dtype.kind == "f" or dt.kind == "f":
@@ -276,7 +305,7 @@ class Frame:
         vt = int_like(dt, sign)
 
         def write_ext(value, m):
-            blend(target, np.asarray(value).astype(vt, copy=False), m)
+            blend(target, np.asarray(value).astype(vt, copy=False), True if m is True or m.clobbers(name) else m)
         return None, write_ext
 
     def scatter(self, op, dt: np.dtype) -> Writer:

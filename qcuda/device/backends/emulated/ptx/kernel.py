@@ -24,10 +24,10 @@ from typing import Callable
 import numpy as np
 
 from .....protocol.errors import CudaError, Error
-from .frame import DTYPES, REG_DTYPES, Active, Frame, Unsupported
+from .frame import DTYPES, REG_DTYPES, Active, Frame, Unsupported, blend
 from .inline import expand_calls
 from .ops import Factory, decode
-from .parser import Addr, Function, Instruction, Reg, Sym, Variable
+from .parser import Addr, Function, Instruction, Neg, PredPair, Reg, Sym, Variable, Vec
 
 MAX_BLOCK_THREADS = 1024
 MAX_BLOCK_DIMS = (1024, 1024, 64)
@@ -35,7 +35,10 @@ MAX_GRID_DIMS = (2**31 - 1, 65535, 65535)
 MAX_SHARED_BYTES = 227 * 1024  # per block, as on sm_90
 BATCH_THREADS = 1 << 17  # threads run together: large enough that numpy's per-call cost vanishes
 BATCH_BYTES = 256 << 20  # ... and small enough that registers stay within this much memory
+COMPACT_RATIO = 8  # a loop entered by at most 1/8 of a frame's threads runs in a frame of its own
+COMPACT_MIN_THREADS = 4096  # ... when the frame is at least this big (else copying costs more)
 _FALL, _BRA, _EXIT = 0, 1, 2
+_COLLECTIVE = ("shfl", "vote", "activemask", "redux", "match")  # need whole warps: never compacted
 
 
 @dataclass
@@ -113,6 +116,12 @@ class Kernel:
             self._symbols[name] = self._dynamic_base
 
         self._blocks = self._build_blocks(fn)
+        collective = any(i.opcode.split(".")[0] in _COLLECTIVE or (i.opcode.startswith("bar") and ".red" in i.opcode)
+                         for b in self._blocks for i in b.insts)
+        self._loop_heads = set() if collective else {
+            b.target for k, b in enumerate(self._blocks) if b.kind == _BRA and b.target <= k}
+        self._live_in = _liveness(self._blocks)
+        self._live_cache: dict[bytes, frozenset[str]] = {}
         self._reg_bytes = sum(REG_DTYPES[t].itemsize for t in self.regs.values())
 
     # -- decoding ---------------------------------------------------------------------------
@@ -229,13 +238,21 @@ class Kernel:
             bound.append((runs, blk, pred))
         return bound
 
-    def _run(self, frame: Frame, bound: list, deadline: float | None) -> None:
-        """Min-PC scheduling over basic blocks (see the module docstring)."""
+    def _run(self, frame: Frame, bound: list, deadline: float | None, cur: int = 0,
+             limit: int | None = None) -> np.ndarray:
+        """Min-PC scheduling over basic blocks (see the module docstring), from block `cur` with
+        every thread active, until every thread is at block `limit` or beyond (default: until
+        all have exited). Returns each thread's next block."""
         n = frame.n
         exit_index = len(bound)
-        nxt = np.zeros(n, dtype=np.int32)
-        cur, m = 0, True
+        limit = exit_index if limit is None else limit
+        nxt = np.full(n, cur, dtype=np.int32)
+        m = True
         while True:
+            if cur >= limit:
+                if m is True:
+                    nxt.fill(cur)
+                return nxt
             if deadline is not None and time.monotonic() > deadline:
                 raise CudaError(Error.cudaErrorLaunchTimeout,
                                 f"kernel {self.name} ran longer than its {self.time_limit} s limit")
@@ -255,18 +272,14 @@ class Kernel:
                 target = fall
             if blk.kind == _FALL or pred is None:  # everyone goes the same way
                 if m is True:
-                    if target == exit_index:
-                        return
                     cur = target
                     continue
-                nxt[m.mask] = target
+                blend(nxt, np.int32(target), m)
             else:
                 p = pred()
-                taken = ~p if blk.guard[1] else p.copy()
+                taken = ~p if blk.guard[1] else p
                 if m is True:
                     if taken.all():
-                        if target == exit_index:
-                            return
                         cur = target
                         continue
                     if not taken.any():
@@ -275,19 +288,102 @@ class Kernel:
                     nxt.fill(fall)
                     nxt[taken] = target
                 else:
-                    taken &= m.mask
-                    nxt[taken] = target
-                    nxt[m.mask & ~taken] = fall
-            cur = int(nxt.min())
-            if cur == exit_index:
-                return
+                    blend(nxt, np.where(taken, np.int32(target), np.int32(fall)), m)
+            cur, m = self._schedule(frame, deadline, nxt, limit, exit_index)
+            if m is None:
+                return nxt
+
+    def _schedule(self, frame: Frame, deadline: float | None, nxt: np.ndarray, limit: int,
+                  exit_index: int) -> tuple[int, object]:
+        """The lowest block any thread waits at, and the threads waiting there (True: all of
+        them); (-1, None) once every thread is at `limit` or beyond. A loop that only a few
+        threads enter runs in a compacted frame first, until they catch up with the rest."""
+        n = frame.n
+        while True:
+            counts = np.bincount(nxt, minlength=exit_index + 1)  # one pass finds the lowest block
+            waiting = np.flatnonzero(counts[:exit_index])
+            if waiting.size == 0 or waiting[0] >= limit:
+                return -1, None
+            cur = int(waiting[0])
+            if counts[cur] == n:
+                return cur, True
             mask = nxt == cur
-            m = True if mask.all() else Active(mask)
+            if not (cur in self._loop_heads and n >= COMPACT_MIN_THREADS and counts[cur] * COMPACT_RATIO <= n):
+                return cur, Active(mask, self._live_where(waiting[1:]), int(counts[cur]))
+            positions = np.flatnonzero(mask)
+            until = min(limit, int(waiting[1]) if waiting.size > 1 else exit_index)
+            sub = frame.compact(positions)
+            nxt[positions] = self._run(sub, self._bind(sub), deadline, cur, until)
+            frame.expand(sub, positions)
+
+    def _live_where(self, blocks: np.ndarray) -> frozenset[str]:
+        """Registers live at the blocks where the inactive threads wait."""
+        key = blocks.tobytes()
+        live = self._live_cache.get(key)
+        if live is None:
+            live = self._live_cache[key] = frozenset().union(*(self._live_in[b] for b in blocks))
+        return live
 
 
 def _print(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+_NO_DESTINATION = ("st", "red", "bar", "barrier", "membar", "fence", "prefetch", "prefetchu", "cp", "trap",
+                   "nanosleep", "qcuda")
+
+
+def _registers(ops) -> list[str]:
+    out: list[str] = []
+    for op in ops:
+        if isinstance(op, Reg):
+            out.append(op.name)
+        elif isinstance(op, (Vec, PredPair, Neg, Addr)):
+            inner = {Vec: lambda o: o.items, PredPair: lambda o: (o.first, o.second),
+                     Neg: lambda o: (o.reg,), Addr: lambda o: (o.base,)}[type(op)](op)
+            out += _registers(inner)
+    return out
+
+
+def _liveness(blocks: list[_Block]) -> list[frozenset[str]]:
+    """Registers live on entry to each basic block (backward dataflow). A thread waiting at a
+    block never reads a register outside that block's set, so writing it in every lane is safe."""
+    uses, defs = [], []
+    for blk in blocks:
+        use: set[str] = set()
+        kill: set[str] = set()
+        for inst in blk.insts:
+            base = inst.opcode.split(".")[0]
+            dests = [] if base in _NO_DESTINATION else _registers(inst.operands[:1])
+            sources = inst.operands if base in _NO_DESTINATION else inst.operands[1:]
+            read = _registers(sources) + ([inst.guard[0]] if inst.guard else [])
+            if inst.guard:  # a guarded write keeps the old value in some lanes: a read too
+                read += dests
+            use.update(r for r in read if r not in kill)
+            if not inst.guard:
+                kill.update(dests)
+        if blk.guard and blk.guard[0] not in kill:
+            use.add(blk.guard[0])
+        uses.append(use)
+        defs.append(kill)
+    n = len(blocks)
+    succs = []
+    for k, blk in enumerate(blocks):
+        nxt = {_FALL: [k + 1], _BRA: [blk.target] + ([k + 1] if blk.guard else []),
+               _EXIT: [k + 1] if blk.guard else []}[blk.kind]
+        succs.append([s for s in nxt if s < n])
+    live_in: list[set[str]] = [set(u) for u in uses]
+    changed = True
+    while changed:
+        changed = False
+        for k in range(n - 1, -1, -1):
+            out = set().union(*(live_in[s] for s in succs[k]))
+            new = uses[k] | (out - defs[k])
+            if new != live_in[k]:
+                live_in[k] = new
+                changed = True
+    return [frozenset(x) for x in live_in]
 
 
 def _referenced_symbols(fn: Function) -> set[str]:

@@ -25,7 +25,7 @@ def _window_index(fr: Frame, space: str, addrs: np.ndarray, ids, dt: np.dtype):
     size = dt.itemsize
     if space == "shared":
         buf, limit = fr.shared, fr.shared_size
-        owner = fr.block_of_thread if ids is None else fr.block_of_thread[ids]
+        owner = fr.block_pos if ids is None else fr.block_of_thread[ids]
     else:
         buf, limit = fr.local, fr.local_size
         owner = fr.thread_index if ids is None else ids

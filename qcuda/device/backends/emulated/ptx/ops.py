@@ -259,7 +259,9 @@ def _make_shift(kind: str):
                 ga = fr.src(a, dt)
                 out, write = fr.dst(d, dt)
                 if out is not None:
-                    return lambda m: uf(ga(), amount, out=out) if m is True else blend(out, uf(ga(), amount), m)
+                    name = d.name
+                    return lambda m: (uf(ga(), amount, out=out) if m is True or m.clobbers(name)
+                                      else blend(out, uf(ga(), amount), m))
                 return lambda m: write(uf(ga(), amount), m)
             return factory
         return elementwise(inst, dt, fn, src_dts=[dt, DTYPES["u32"]])
@@ -469,7 +471,9 @@ def _make_setp(inst: Instruction, mods: list[str]) -> Factory:
         write2 = fr.dst(second, pred)[1] if second is not None else None
 
         if boolop is None and write2 is None and out is not None and isinstance(cmp, np.ufunc):
-            return lambda m: cmp(ga(), gb(), out=out) if m is True else blend(out, cmp(ga(), gb()), m)
+            name = first.name
+            return lambda m: (cmp(ga(), gb(), out=out) if m is True or m.clobbers(name)
+                              else blend(out, cmp(ga(), gb()), m))
 
         def run(m):
             t = np.asarray(cmp(ga(), gb()))

@@ -117,10 +117,11 @@ def _assertfail(fr: Frame, ids, args):
     """A failed device assert: print the GPU's message for the first failing thread and fail the
     launch with cudaErrorAssert."""
     t = int(ids[0])
+    pos = int(np.searchsorted(fr.thread_index, t))  # thread ids ascend with position
     msg, file, func = (read_cstring(fr, int(args[k][0]), t) for k in (0, 1, 3))
     line = int(args[2][0]) & 0xFFFFFFFF
-    block = ",".join(str(int(fr.sregs[f"%ctaid.{c}"][t])) for c in "xyz")
-    thread = ",".join(str(int(fr.sregs[f"%tid.{c}"][t])) for c in "xyz")
+    block = ",".join(str(int(fr.sregs[f"%ctaid.{c}"][pos])) for c in "xyz")
+    thread = ",".join(str(int(fr.sregs[f"%tid.{c}"][pos])) for c in "xyz")
     text = f"{file}:{line}: {func}: block: [{block}], thread: [{thread}] Assertion `{msg}` failed.\n"
     fr.kernel.output(text)
     raise CudaError(Error.cudaErrorAssert, text.strip())

@@ -66,11 +66,13 @@ def ufunc_op(inst: Instruction, dt: np.dtype, uf: np.ufunc) -> Factory:
             if len(getters) == 1:
                 return lambda m: write(uf(getters[0]()), m)
             return lambda m: write(uf(getters[0](), getters[1]()), m)
+        name = d.name
         if len(getters) == 1:
             (ga,) = getters
-            return lambda m: uf(ga(), out=out) if m is True else blend(out, uf(ga()), m)
+            return lambda m: uf(ga(), out=out) if m is True or m.clobbers(name) else blend(out, uf(ga()), m)
         ga, gb = getters
-        return lambda m: uf(ga(), gb(), out=out) if m is True else blend(out, uf(ga(), gb()), m)
+        return lambda m: (uf(ga(), gb(), out=out) if m is True or m.clobbers(name)
+                          else blend(out, uf(ga(), gb()), m))
     return factory
 
 

@@ -133,10 +133,10 @@ def make_barrier(inst: Instruction, mods: list[str]) -> Factory:
 
         def run(m):
             active = full_mask(fr, m)
-            yes = np.bincount(fr.block_of_thread, np.asarray(gc()) & active, minlength=fr.nblocks)
-            everyone = np.bincount(fr.block_of_thread, active, minlength=fr.nblocks)
+            yes = np.bincount(fr.block_pos, np.asarray(gc()) & active, minlength=fr.nblocks)
+            everyone = np.bincount(fr.block_pos, active, minlength=fr.nblocks)
             per_block = {"popc": lambda: yes.astype(np.uint32), "and": lambda: yes == everyone,
                          "or": lambda: yes > 0}[op]()
-            write(per_block[fr.block_of_thread], m)
+            write(per_block[fr.block_pos], m)
         return run
     return factory
