@@ -761,6 +761,22 @@ def cudaStreamWaitEvent(stream, event, flags: int) -> None:
     (s or dev.default_stream).wait(_event(event))
 
 
+def cudaLaunchHostFunc(stream, fn, user_data) -> None:
+    """`fn(user_data)` runs in this process (qcuda's callback thread) when the stream reaches it."""
+    s, dev = _stream(stream)
+    host_fn = ffi.cast("void (*)(void *)", fn)
+    (s or dev.default_stream).add_callback(lambda _stream, _status: host_fn(user_data))
+
+
+def cudaStreamAddCallback(stream, callback, user_data, flags: int) -> None:
+    if flags:
+        raise CudaError(Error.cudaErrorInvalidValue, "cudaStreamAddCallback flags must be 0")
+    s, dev = _stream(stream)
+    host_fn = ffi.cast("void (*)(void *, int, void *)", callback)
+    handle = ffi.cast("void *", _addr(stream))
+    (s or dev.default_stream).add_callback(lambda _stream, status: host_fn(handle, status, user_data))
+
+
 def cudaEventCreateWithFlags(p_event, flags: int) -> None:
     if p_event == ffi.NULL:
         raise CudaError(Error.cudaErrorInvalidValue, "a NULL event pointer")

@@ -70,3 +70,5 @@ cudaError_t cudaEventRecordWithFlags(cudaEvent_t event, cudaStream_t stream, uns
 cudaError_t cudaDeviceGetPCIBusId(char *pciBusId, int len, int device);
 cudaError_t cudaProfilerStart(void);
 cudaError_t cudaProfilerStop(void);
+cudaError_t cudaLaunchHostFunc(cudaStream_t stream, void *fn, void *userData);
+cudaError_t cudaStreamAddCallback(cudaStream_t stream, void *callback, void *userData, unsigned int flags);
