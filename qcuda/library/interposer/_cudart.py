@@ -495,6 +495,8 @@ def cudaHostGetDevicePointer(p_device, p_host, flags: int) -> None:
             raise CudaError(Error.cudaErrorNotSupported, "kernels cannot see cudaHostRegister memory through qcuda; "
                             "allocate it with cudaHostAlloc instead")
         raise CudaError(Error.cudaErrorInvalidValue, f"0x{address:x} is not pinned host memory")
+    if not dev.client.channel.shared_arena:
+        raise CudaError(Error.cudaErrorNotSupported, f"kernels cannot see this process's memory over {dev.client.url}")
     _out(p_device, "uintptr_t", _arena_device_base(dev) + address - dev.client._arena_address)
 
 
@@ -525,32 +527,47 @@ def cudaPointerGetAttributes(attributes, ptr) -> None:
     _fill(attributes, "cudaPointerAttributes", values)
 
 
-def _copy(dst: int, src: int, count: int, kind: int, stream, asynchronous: bool) -> None:
-    """One copy of any kind; `kind` cudaMemcpyDefault decides by address."""
+class Side:
+    """One end of a copy: where it is ("device", "pinned" or "host"), whether the copy treats it as
+    device memory, and the device that owns it (if any)."""
+
+    __slots__ = ("kind", "on_device", "dev")
+
+    def __init__(self, address: int, count: int, on_device_kinds: tuple[int, ...], kind: int) -> None:
+        if address == 0:
+            raise CudaError(Error.cudaErrorInvalidValue, "a NULL pointer")
+        self.kind, self.dev = _locate(address, count)
+        self.on_device = self.kind == "device" if kind == DEFAULT else kind in on_device_kinds
+        if self.kind == "device" and not self.on_device:
+            raise CudaError(Error.cudaErrorInvalidValue, "a device pointer given as a host pointer")
+
+
+def _sides(dst: int, src: int, count: int, kind: int) -> tuple[Side, Side]:
     if kind not in (HOST_TO_HOST, HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE, DEFAULT):
         raise CudaError(Error.cudaErrorInvalidMemcpyDirection, f"cudaMemcpyKind {kind}")
+    return (Side(dst, count, (HOST_TO_DEVICE, DEVICE_TO_DEVICE), kind),
+            Side(src, count, (DEVICE_TO_HOST, DEVICE_TO_DEVICE), kind))
+
+
+def _copy(dst: int, src: int, count: int, kind: int, stream, asynchronous: bool) -> None:
+    """One copy of any kind; `kind` cudaMemcpyDefault decides by address."""
     s, sdev = _stream(stream)
     if count == 0:
+        if kind not in (HOST_TO_HOST, HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE, DEFAULT):
+            raise CudaError(Error.cudaErrorInvalidMemcpyDirection, f"cudaMemcpyKind {kind}")
         return
-    dst_kind, dst_dev = _locate(dst, count)
-    src_kind, src_dev = _locate(src, count)
-    dst_on_device = dst_kind == "device" if kind == DEFAULT else kind in (HOST_TO_DEVICE, DEVICE_TO_DEVICE)
-    src_on_device = src_kind == "device" if kind == DEFAULT else kind in (DEVICE_TO_HOST, DEVICE_TO_DEVICE)
-    if (dst_kind == "device" and not dst_on_device) or (src_kind == "device" and not src_on_device):
-        raise CudaError(Error.cudaErrorInvalidValue, "a device pointer given as a host pointer")
-    if src == 0 or dst == 0:
-        raise CudaError(Error.cudaErrorInvalidValue, "a NULL pointer")
+    d, r = _sides(dst, src, count, kind)
     handle = _wire(s)
-    if dst_on_device and src_on_device:
-        dev = dst_dev or sdev
+    if d.on_device and r.on_device:
+        dev = d.dev or sdev
         msg = m.MemcpyDtoD(dst, src, count, handle)
         dev.client.post(msg) if asynchronous else dev.client.call(msg)
-    elif dst_on_device:
-        dev = dst_dev or sdev
-        dev.client.copy_htod(dst, _bytes(src, count), handle, asynchronous and src_kind == "pinned")
-    elif src_on_device:
-        dev = src_dev or sdev
-        dev.client.copy_dtoh(_bytes(dst, count), src, handle, asynchronous and dst_kind == "pinned")
+    elif d.on_device:
+        dev = d.dev or sdev
+        dev.client.copy_htod(dst, _bytes(src, count), handle, asynchronous and r.kind == "pinned")
+    elif r.on_device:
+        dev = r.dev or sdev
+        dev.client.copy_dtoh(_bytes(dst, count), src, handle, asynchronous and d.kind == "pinned")
     else:
         dev = sdev
         (s or dev.default_stream).synchronize()
@@ -571,11 +588,43 @@ def _copy2d(dst: int, dpitch: int, src: int, spitch: int, width: int, height: in
             asynchronous: bool) -> None:
     if width > dpitch or width > spitch:
         raise CudaError(Error.cudaErrorInvalidPitchValue, f"width {width}, pitches {dpitch} and {spitch}")
-    if dpitch == spitch == width:
+    if dpitch == spitch == width or width == 0 or height == 0:
         _copy(dst, src, width * height, kind, stream, asynchronous)
+        return
+    d, r = _sides(dst, src, width, kind)
+    if d.on_device != r.on_device and "host" in (d.kind, r.kind) and height > 1:
+        _copy2d_pageable(dst, dpitch, src, spitch, width, height, d, r, stream)
         return
     for row in range(height):  # rows before the last queue; the last waits for all (same stream)
         _copy(dst + row * dpitch, src + row * spitch, width, kind, stream, asynchronous or row + 1 < height)
+
+
+def _copy2d_pageable(dst: int, dpitch: int, src: int, spitch: int, width: int, height: int, d: Side, r: Side,
+                     stream) -> None:
+    """A 2D copy between pageable host memory and the device in one staged transfer, not one per row:
+    the rows are packed on the host and spread (or gathered) on the device through a scratch buffer."""
+    s, sdev = _stream(stream)
+    handle = _wire(s)
+    dev = (d.dev if d.on_device else r.dev) or sdev
+    packed = bytearray(width * height)
+    scratch = dev.allocate(width * height)
+    try:
+        if d.on_device:
+            for row in range(height):
+                packed[row * width:(row + 1) * width] = _bytes(src + row * spitch, width)
+            dev.client.copy_htod(scratch.handle, memoryview(packed), handle)
+            for row in range(height):
+                dev.client.post(m.MemcpyDtoD(dst + row * dpitch, scratch.handle + row * width, width, handle))
+            (s or dev.default_stream).synchronize()
+        else:
+            for row in range(height):
+                dev.client.post(m.MemcpyDtoD(scratch.handle + row * width, src + row * spitch, width, handle))
+            dev.client.copy_dtoh(memoryview(packed), scratch.handle, handle)
+            for row in range(height):
+                _bytes(dst + row * dpitch, width)[:] = packed[row * width:(row + 1) * width]
+    finally:
+        scratch.free()
+    dev.client.raise_deferred()
 
 
 def cudaMemcpy2D(dst, dpitch: int, src, spitch: int, width: int, height: int, kind: int) -> None:
