@@ -8,7 +8,11 @@ numbered in program order, threads that diverge at a branch reconverge at the fi
 paths reach, a loop runs until its last thread leaves it, and a thread never passes a point
 (a `bar.sync`) while another thread of the batch still has to reach it: barriers need no code.
 Blocks of a batch never interact except through memory, where CUDA gives no ordering anyway.
-While no thread has diverged, the active set is the constant True and costs nothing.
+
+Divergence costs little: while no thread has diverged the active set is the constant True; a
+register that no waiting thread will read again (liveness per basic block) is written in every
+lane without masking; and a loop entered by a small part of a large batch runs in a compacted
+frame of just those threads until they reach the block where the others wait.
 
 The one thing min-PC cannot run is a thread spinning until a thread at a later point of the
 program (in another block or warp) writes a flag: the spinning thread always goes first, so the
