@@ -89,7 +89,7 @@ def test_fault_ends_only_that_guests_context(daemon, ptx, tmp_path):
         "dev = qcuda.Device(0)\n"
         f"k = dev.load_module(open({str(path)!r}, 'rb').read()).get_kernel('write_far')\n"
         "p = dev.allocate(16)\n"
-        "k.launch(1, 1, p, np.int64(1 << 40))\n"
+        "k.launch(1, 1, p, np.int64(1 << 44))  # 64 TiB past p: outside every device and arena range\n"
         "try:\n"
         "    dev.synchronize()\n"
         "except qcuda.CudaError as e:\n"

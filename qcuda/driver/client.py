@@ -23,6 +23,7 @@ from ..protocol.codec import VERSION, Frame, Malformed
 from ..protocol.errors import CudaError, Error, VersionMismatch
 from ..protocol.messages import Flags
 from ..protocol.urls import DeviceUrl
+from .addresses import reserve_device_addresses
 from .shm import DEFAULT_ARENA, MAX_SLEEP, ChannelClosed, ShmChannel
 from .tcp import TcpChannel
 
@@ -70,6 +71,7 @@ class Client:
     def __init__(self, url: DeviceUrl, arena_size: int | None = None) -> None:
         self.url = url
         self._pid = os.getpid()
+        reserve_device_addresses()  # before any device pointer reaches this process
         size = arena_size if arena_size is not None else _arena_size_from_env()
         self.channel: ShmChannel | TcpChannel = (
             ShmChannel(url, size) if url.scheme == "shm" else TcpChannel(url, arena_size or TCP_LOCAL_ARENA)

@@ -5,11 +5,19 @@ the children). Each worker uses the device's primary context, so a faulting kern
 guest's process; `close()` resets it (cudaDeviceReset). Raw driver calls stay in this module, and
 every result passes through `check`, which turns a CUresult into the cudaError_t the runtime gives.
 The driver's current context is per thread: every entry point makes its context current first.
+
+Guests tell device from host pointers by address, so device addresses follow qcuda's layout
+(qcuda.protocol.addresses), never wherever cuMemAlloc would put them: device memory is mapped with
+the driver's virtual memory calls into the device's reserved range (heap.py does the bookkeeping),
+and the channel arena is mapped a second time at the device's arena address and registered there,
+since the device pointer of registered host memory is its host address.
 """
 from __future__ import annotations
 
 import ctypes
 import itertools
+import mmap
+import os
 import threading
 import weakref
 from typing import Callable
@@ -19,11 +27,13 @@ from cuda.bindings import driver as cu
 from cuda.bindings import nvrtc
 
 from ...protocol._cuda_tables import DEVICE_ATTRIBUTES, ERRORS
+from ...protocol.addresses import MAX_DEVICES, arena_range, heap_range
 from ...protocol.errors import CudaError, Error
 from .base import (
     EVENT_DISABLE_TIMING, MODULE_IMAGE, AllDone, MODULE_SOURCE, Backend, Context, DeviceInfo, Event, Fence, Function,
     Module, Stream,
 )
+from .heap import Heap
 
 # A CUresult has the number of the cudaError_t that the runtime reports for it wherever the runtime
 # has that number (checked against the generated table); the few the runtime lacks map here.
@@ -36,6 +46,16 @@ _ELF_MAGIC, _FATBIN_MAGIC = b"\x7fELF", (0xBA55ED50).to_bytes(4, "little")
 _MAP_FLAGS = cu.CU_MEMHOSTREGISTER_DEVICEMAP | cu.CU_MEMHOSTREGISTER_PORTABLE
 
 _tls = threading.local()  # .ctx: the GpuContext made current in this thread
+
+# Linux flags Python's mmap module does not export
+PROT_NONE, MAP_NORESERVE, MAP_FIXED_NOREPLACE = 0, 0x4000, 0x100000
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+_MAP_FAILED = 2**64 - 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = _libc.mremap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 
 
 def check(result: tuple):
@@ -76,6 +96,30 @@ def _address(buffer) -> tuple[int, int]:
     return array.ctypes.data, array.nbytes
 
 
+def map_again(address: int, size: int, target: int) -> None:
+    """Map the pages of the shared mapping at `address` a second time at `target` (mremap with old size 0).
+
+    `target` must be free in this process: a MAP_FIXED_NOREPLACE placeholder proves it first.
+    """
+    placed = _libc.mmap(target, size, PROT_NONE,
+                        mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0)
+    if placed != target:
+        failed = placed in (None, _MAP_FAILED)
+        reason = os.strerror(ctypes.get_errno()) if failed else "the kernel placed it elsewhere"
+        if not failed:
+            _libc.munmap(placed, size)
+        raise CudaError(Error.cudaErrorMemoryAllocation, f"[0x{target:x}, +{size}) is not free in this worker ({reason})")
+    if _libc.mremap(address, 0, size, MREMAP_MAYMOVE | MREMAP_FIXED, target) != target:
+        reason = os.strerror(ctypes.get_errno())
+        _libc.munmap(target, size)
+        raise CudaError(Error.cudaErrorInvalidValue, f"could not map host memory again at 0x{target:x} ({reason}): "
+                        "it must be a shared mapping that starts on a page")
+
+
+def unmap(address: int, size: int) -> None:
+    _libc.munmap(address, size)
+
+
 # Stream callbacks: one C trampoline for the process; userData is a key to the Python function to run.
 _host_callbacks: dict[int, Callable[[int], None]] = {}
 _callback_keys = itertools.count(1)
@@ -95,7 +139,7 @@ class GpuBackend(Backend):
 
     def __init__(self) -> None:
         check(cu.cuInit(0))
-        self._count: int = check(cu.cuDeviceGetCount())
+        self._count: int = min(check(cu.cuDeviceGetCount()), MAX_DEVICES)  # what the address layout has room for
         self._info: dict[int, DeviceInfo] = {}
 
     def device_count(self) -> int:
@@ -125,7 +169,7 @@ class GpuBackend(Backend):
     def open_context(self, ordinal: int) -> "GpuContext":
         attrs = self.device_info(ordinal).attributes
         arch = f"sm_{attrs['cudaDevAttrComputeCapabilityMajor']}{attrs['cudaDevAttrComputeCapabilityMinor']}"
-        return GpuContext(self._device(ordinal), arch)
+        return GpuContext(self._device(ordinal), ordinal, arch)
 
 
 class _EventFence(Fence):
@@ -196,12 +240,12 @@ class GpuStream(Stream):
 
     def copy_htod(self, dst: int, src: memoryview) -> None:
         self._ctx.enter()
-        address, size = _address(src)
+        address, size = self._ctx.dma_address(src)
         check(cu.cuMemcpyHtoDAsync(dst, address, size, self.handle))
 
     def copy_dtoh(self, dst: memoryview, src: int) -> None:
         self._ctx.enter()
-        address, size = _address(dst)
+        address, size = self._ctx.dma_address(dst)
         check(cu.cuMemcpyDtoHAsync(address, src, size, self.handle))
 
     def copy_dtod(self, dst: int, src: int, size: int) -> None:
@@ -302,16 +346,65 @@ def compile_source(source: bytes, arch: str) -> tuple[bytes, str]:
 class GpuContext(Context):
     """One guest's primary context on one device."""
 
-    def __init__(self, device: cu.CUdevice, arch: str) -> None:
+    def __init__(self, device: cu.CUdevice, ordinal: int, arch: str) -> None:
         self._device = device
+        self.ordinal = ordinal
         self.arch = arch
         self.handle: cu.CUcontext = check(cu.cuDevicePrimaryCtxRetain(device))
         self._sticky = 0
         self._spare_events: list[cu.CUevent] = []
-        self._host: list[int] = []
+        self._arena: tuple[int, int, int] | None = None  # (host address, size, address of the registered mapping)
+        self._arena_registered = False
         self.streams: set[GpuStream] = set()
         self.enter()
         self.default_stream = GpuStream(self, cu.CUstream(cu.CU_STREAM_LEGACY))
+        self._prop = cu.CUmemAllocationProp()
+        self._prop.type = cu.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
+        self._prop.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+        self._prop.location.id = ordinal
+        self._access = cu.CUmemAccessDesc()
+        self._access.location.type = cu.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+        self._access.location.id = ordinal
+        self._access.flags = cu.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+        self.heap = self._reserve_heap()
+
+    def _reserve_heap(self) -> Heap:
+        """Reserve the device's address range of the layout; the driver must give exactly that range."""
+        base, size = heap_range(self.ordinal)
+        granularity = int(check(cu.cuMemGetAllocationGranularity(
+            self._prop, cu.CUmemAllocationGranularity_flags.CU_MEM_ALLOC_GRANULARITY_MINIMUM)))
+        reserved = int(check(cu.cuMemAddressReserve(size, granularity, base, 0)))
+        if reserved != base:
+            cu.cuMemAddressFree(reserved, size)
+            raise CudaError(Error.cudaErrorMemoryAllocation,
+                            f"the driver would not reserve device {self.ordinal}'s address range [0x{base:x}, "
+                            f"+{size >> 30} GiB) (it offered 0x{reserved:x}): something in this worker uses it")
+        return Heap(base, size, granularity, self._map, self._unmap)
+
+    def _map(self, address: int, size: int) -> None:
+        """Back [address, +size) with new device memory, readable and writable by this device."""
+        handle = check(cu.cuMemCreate(size, self._prop, 0))
+        try:
+            check(cu.cuMemMap(address, size, 0, handle, 0))
+        finally:
+            cu.cuMemRelease(handle)  # a mapped allocation lives until it is unmapped
+        try:
+            check(cu.cuMemSetAccess(address, size, [self._access], 1))
+        except CudaError:
+            cu.cuMemUnmap(address, size)
+            raise
+
+    def _unmap(self, address: int, size: int) -> None:
+        check(cu.cuMemUnmap(address, size))
+
+    def dma_address(self, buffer) -> tuple[int, int]:
+        """(address, size) of a host buffer for a copy: arena bytes by their registered mapping, so they DMA."""
+        address, size = _address(buffer)
+        if self._arena is not None:
+            start, length, mapped = self._arena
+            if start <= address < start + length:
+                return mapped + address - start, size
+        return address, size
 
     def enter(self) -> None:
         """Make this context current in the calling thread (waiter threads call the driver too)."""
@@ -341,11 +434,12 @@ class GpuContext(Context):
     # -- Context ---------------------------------------------------------------------------
     def alloc(self, size: int) -> int:
         self.enter()
-        return int(check(cu.cuMemAlloc(max(size, 1))))  # cudaMalloc(0) still gives a distinct pointer
+        return self.heap.alloc(size)
 
     def free(self, ptr: int) -> None:
         self.enter()
-        check(cu.cuMemFree(ptr))
+        check(cu.cuCtxSynchronize())  # as cuMemFree: no earlier work may still use memory unmapped or reused
+        self.heap.free(ptr)
 
     def mem_info(self) -> tuple[int, int]:
         self.enter()
@@ -353,14 +447,27 @@ class GpuContext(Context):
         return int(free), int(total)
 
     def map_host(self, buffer) -> int:
-        """Page-lock the channel arena and map it for the GPU: copies DMA straight from guest-visible memory."""
+        """Map the channel arena again at this device's arena address, page-lock it there and map it for the GPU.
+
+        Copies DMA straight from guest-visible memory, and kernels see it at the layout's address.
+        """
         self.enter()
         address, size = _address(buffer)
-        result = cu.cuMemHostRegister(address, size, _MAP_FLAGS)
+        target, room = arena_range(self.ordinal)
+        if size > room:
+            raise CudaError(Error.cudaErrorInvalidValue, f"a {size}-byte arena exceeds its address range")
+        map_again(address, size, target)
+        self._arena = (address, size, target)
+        result = cu.cuMemHostRegister(target, size, _MAP_FLAGS)
         if result[0] != cu.CUresult.CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED:  # portable: kept across a reset
             check(result)
-            self._host.append(address)
-        return int(check(cu.cuMemHostGetDevicePointer(address, 0)))
+            self._arena_registered = True
+        pointer = int(check(cu.cuMemHostGetDevicePointer(target, 0)))
+        if pointer != target:
+            raise CudaError(Error.cudaErrorNotSupported,
+                            f"the driver maps host memory at 0x{target:x} to device address 0x{pointer:x}: "
+                            "qcuda needs a GPU whose device pointer of registered memory is its host address")
+        return target
 
     def create_stream(self, flags: int, priority: int) -> Stream:
         self.enter()
@@ -389,9 +496,14 @@ class GpuContext(Context):
     def close(self) -> None:
         """Reset the primary context: frees its memory, streams, events and modules at once, also after a fault."""
         cu.cuCtxSetCurrent(self.handle)
-        for address in self._host:
-            cu.cuMemHostUnregister(address)  # fails after a fault; the reset frees it then
-        self._host.clear()
+        if self._arena is not None:
+            _, size, mapped = self._arena
+            if self._arena_registered:
+                cu.cuMemHostUnregister(mapped)  # fails after a fault; the reset frees it then
+            unmap(mapped, size)
+            self._arena = None
+        self.heap.release_all()
+        cu.cuMemAddressFree(self.heap.base, self.heap.size)  # fails after a fault if a mapping stayed
         _tls.ctx = None
         check(cu.cuDevicePrimaryCtxReset(self._device))
         check(cu.cuDevicePrimaryCtxRelease(self._device))

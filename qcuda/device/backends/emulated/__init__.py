@@ -13,17 +13,15 @@ from typing import Callable
 
 import numpy as np
 
+from ....protocol.addresses import HEAP_STRIDE, MAX_DEVICES, arena_range, heap_range
 from ....protocol.errors import CudaError, Error
 from ..base import (
     EVENT_DISABLE_TIMING, AllDone, MODULE_IMAGE, STREAM_NON_BLOCKING, Backend, Context, DeviceInfo, Event, Fence,
     Function, Module, Stream,
 )
-from .memory import DEVICE_BASE, DeviceMemory
+from .memory import DeviceMemory
 
 DEFAULT_MEMORY = 4 << 30
-ARENA_DEVICE_BASE = 0x7B00_0000_0000  # where kernels see the channel arena (host-mapped memory)
-DEVICE_STRIDE = 1 << 36  # each device's heap and arena view get their own 64 GiB of addresses (UVA-like)
-MAX_DEVICES = 16
 INLINE_BYTES = 1 << 20  # copies and fills this small run at once when their stream is idle (no thread hand-over)
 
 # An emulated device reports itself as a Hopper-class part so that programs built for sm_90 accept it.
@@ -54,8 +52,8 @@ class EmulatedBackend(Backend):
     name = "emulated"
 
     def __init__(self, devices: int = 1, memory: int = DEFAULT_MEMORY) -> None:
-        if not 1 <= devices <= MAX_DEVICES or not 0 < memory <= DEVICE_STRIDE:
-            raise ValueError(f"the emulated backend offers 1..{MAX_DEVICES} devices of at most 64 GiB each")
+        if not 1 <= devices <= MAX_DEVICES or not 0 < memory <= HEAP_STRIDE:
+            raise ValueError(f"the emulated backend offers 1..{MAX_DEVICES} devices of at most {HEAP_STRIDE >> 30} GiB each")
         self._devices = devices
         self._memory = memory
 
@@ -257,8 +255,8 @@ class EmulatedModule(Module):
 
 class EmulatedContext(Context):
     def __init__(self, capacity: int, ordinal: int = 0) -> None:
-        self.memory = DeviceMemory(capacity, DEVICE_BASE + ordinal * DEVICE_STRIDE)
-        self._arena_base = ARENA_DEVICE_BASE + ordinal * DEVICE_STRIDE
+        self.memory = DeviceMemory(capacity, heap_range(ordinal)[0])
+        self._arena_base, self._arena_room = arena_range(ordinal)
         self.sticky = 0
         self._sticky_detail = ""
         self.order_lock = threading.Lock()
@@ -304,6 +302,8 @@ class EmulatedContext(Context):
         return self.memory.capacity - self.memory.used, self.memory.capacity
 
     def map_host(self, buffer) -> int:
+        if len(buffer) > self._arena_room:
+            raise CudaError(Error.cudaErrorInvalidValue, f"a {len(buffer)}-byte arena exceeds its address range")
         self.memory.map_host(buffer, self._arena_base)
         return self._arena_base
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ....protocol.addresses import HEAP_BASE
 from ....protocol.errors import CudaError, Error
 from ....protocol.ranges import RangeAllocator
 
 MAP_NORESERVE = 0x4000  # Linux; Python 3.11's mmap module does not export it
 ALIGNMENT = 256  # cudaMalloc's guaranteed alignment
-DEVICE_BASE = 0x7A00_0000_0000  # a range host allocators leave alone; guests reserve it too
 
 
 @dataclass
@@ -40,7 +40,7 @@ class DeviceMemory:
     accesses to the same bytes are the program's business).
     """
 
-    def __init__(self, capacity: int, base: int = DEVICE_BASE) -> None:
+    def __init__(self, capacity: int, base: int = HEAP_BASE) -> None:
         self.capacity = capacity
         self._map = mmap.mmap(-1, capacity, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE)
         heap = Segment(base, capacity, np.frombuffer(self._map, dtype=np.uint8), checked=True)
