@@ -28,9 +28,8 @@ EXPORTS, NON_ERROR_RETURNS, RUNTIME_VERSION = _ABI["EXPORTS"], _ABI["NON_ERROR_R
 SONAME = "libcudart.so.13"
 MODULE = "_qcuda_cudart"
 VARIANTS = ("_ptsz", "_ptds")  # per-thread default stream variants: the same call here
-DEVICE_BASE = 0x7A00_0000_0000  # where the emulated device hands out addresses
-ARENA_DEVICE_BASE = 0x7B00_0000_0000  # where it maps the channel arena
-RESERVED_SIZE = 1 << 40
+# Every backend's device addresses (qcuda/protocol/addresses.py): reserved before main, away from host allocations
+RESERVED_BASE, RESERVED_SIZE = runpy.run_path(str(HERE.parent.parent / "protocol" / "addresses.py"))["RESERVED"]
 
 # Types shared by the C source and cffi's declarations.
 TYPES = """
@@ -125,8 +124,7 @@ def source() -> tuple[str, str, list[str]]:
     if unknown:
         raise SystemExit(f"not exported by the real libcudart.so.13: {sorted(unknown)}")
     prefix = (f"#include <stdint.h>\n#include <stddef.h>\n{TYPES}\n#define CUDART_VERSION {RUNTIME_VERSION}\n"
-              f"#define QCUDA_DEVICE_BASE {DEVICE_BASE:#x}ull\n#define QCUDA_ARENA_DEVICE_BASE {ARENA_DEVICE_BASE:#x}ull\n"
-              f"#define QCUDA_RESERVED_SIZE {RESERVED_SIZE:#x}ull\n")
+              f"#define QCUDA_RESERVED_BASE {RESERVED_BASE:#x}ull\n#define QCUDA_RESERVED_SIZE {RESERVED_SIZE:#x}ull\n")
     return prefix + error_tables() + c_part + stubs(implemented), api, names
 
 
