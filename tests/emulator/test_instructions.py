@@ -17,9 +17,10 @@ def s32(v: int) -> int:
     return v - (1 << 32) if v >> 31 else v
 
 
-def _run(instruction: str, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Each thread loads a[i], b[i], c[i] into %r1..%r3, runs `instruction` (writing %r4)."""
-    ptx = f"""
+def instruction_ptx(instruction: str) -> bytes:
+    """A kernel k(a, b, c, d): each thread loads a[i], b[i], c[i] into %r1..%r3 (and %f1, %f2),
+    runs `instruction`, and stores %r4 to d[i]."""
+    return f"""
 .version 8.0
 .target sm_90
 .address_size 64
@@ -50,6 +51,10 @@ def _run(instruction: str, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.nd
     ret;
 }}
 """.encode()
+
+
+def _run(instruction: str, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    ptx = instruction_ptx(instruction)
     memory = DeviceMemory(1 << 24)
     k = Module.load(ptx, memory).functions["k"]
     ptrs = []
@@ -98,6 +103,12 @@ CASES = [
     ("set.gt.u32.s32 %r4, %r1, %r2;", lambda x, y, z: M32 if s32(x) > s32(y) else 0),
     ("@%p1 mov.u32 %r4, 5;", lambda x, y, z: 0),  # %p1 is never set: false in every thread
     ("prmt.b32 %r4, %r1, %r2, %r3;", None),
+    *[(f"prmt.b32.{mode} %r4, %r1, %r2, %r3;", lambda x, y, z, t=table: sum(
+        (((x | (y << 32)) >> (8 * t[z & 3][i])) & 0xFF) << (8 * i) for i in range(4)))
+      for mode, table in [("f4e", ((0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (3, 4, 5, 6))),
+                          ("b4e", ((0, 7, 6, 5), (1, 0, 7, 6), (2, 1, 0, 7), (3, 2, 1, 0))),
+                          ("ecl", ((0, 1, 2, 3), (1, 1, 2, 3), (2, 2, 2, 3), (3, 3, 3, 3))),
+                          ("ecr", ((0, 0, 0, 0), (0, 1, 1, 1), (0, 1, 2, 2), (0, 1, 2, 3)))]],
     ("brev.b32 %r4, %r1;", lambda x, y, z: int(f"{x:032b}"[::-1], 2)),
     ("popc.b32 %r4, %r1;", lambda x, y, z: bin(x).count("1")),
 ]
@@ -195,21 +206,13 @@ def _directed_ref(op: str, mode: str, xs: list[float], dt) -> float:
     return float(lo if hi > 0 else hi)  # rz: toward zero
 
 
-@pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "fma", "sqrt"])
-@pytest.mark.parametrize("mode", ["rz", "rm", "rp"])
-@pytest.mark.parametrize("ty", ["f32", "f64"])
-def test_directed_rounding(op, mode, ty):
-    if op == "fma" and ty == "f64":
-        pytest.skip("fma.f64 with directed rounding is refused")
+def directed_ptx(op: str, mode: str, ty: str) -> bytes:
+    """A kernel k(x0, x1, x2, d): d[i] = op.mode.ty(x0[i], ...) for one thread per element."""
     dt = np.float32 if ty == "f32" else np.float64
-    n = 64
-    xs = [(rng.standard_normal(n) * 10.0 ** rng.integers(-5, 5, n)).astype(dt) for _ in range(3)]
-    if op == "sqrt":
-        xs[0] = np.abs(xs[0])
     nops = {"sqrt": 1, "fma": 3}.get(op, 2)
     srcs = ", ".join(f"%x{k}" for k in range(nops))
     word = "b32" if ty == "f32" else "b64"
-    ptx = f"""
+    return f"""
 .version 8.0
 .target sm_90
 .address_size 64
@@ -236,6 +239,21 @@ def test_directed_rounding(op, mode, ty):
     ret;
 }}
 """.encode()
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "fma", "sqrt"])
+@pytest.mark.parametrize("mode", ["rz", "rm", "rp"])
+@pytest.mark.parametrize("ty", ["f32", "f64"])
+def test_directed_rounding(op, mode, ty):
+    if op == "fma" and ty == "f64":
+        pytest.skip("fma.f64 with directed rounding is refused")
+    dt = np.float32 if ty == "f32" else np.float64
+    n = 64
+    xs = [(rng.standard_normal(n) * 10.0 ** rng.integers(-5, 5, n)).astype(dt) for _ in range(3)]
+    if op == "sqrt":
+        xs[0] = np.abs(xs[0])
+    nops = {"sqrt": 1, "fma": 3}.get(op, 2)
+    ptx = directed_ptx(op, mode, ty)
     memory = DeviceMemory(1 << 24)
     k = Module.load(ptx, memory).functions["k"]
     ptrs = [memory.alloc(n * 8) for _ in range(4)]

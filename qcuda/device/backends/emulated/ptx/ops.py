@@ -377,21 +377,36 @@ def _make_bfi(inst: Instruction, mods: list[str]) -> Factory:
     return elementwise(inst, dt, fn, src_dts=[dt, dt, u32, u32])
 
 
+# prmt's modes: for each value of c[1:0], the source byte of d.b0, d.b1, d.b2, d.b3 (PTX ISA table)
+_PRMT_MODES = {
+    "f4e": ((0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (3, 4, 5, 6)),
+    "b4e": ((0, 7, 6, 5), (1, 0, 7, 6), (2, 1, 0, 7), (3, 2, 1, 0)),
+    "rc8": ((0, 0, 0, 0), (1, 1, 1, 1), (2, 2, 2, 2), (3, 3, 3, 3)),
+    "ecl": ((0, 1, 2, 3), (1, 1, 2, 3), (2, 2, 2, 3), (3, 3, 3, 3)),
+    "ecr": ((0, 0, 0, 0), (0, 1, 1, 1), (0, 1, 2, 2), (0, 1, 2, 3)),
+    "rc16": ((0, 1, 0, 1), (2, 3, 2, 3), (0, 1, 0, 1), (2, 3, 2, 3)),
+}
+
+
 def _make_prmt(inst: Instruction, mods: list[str]) -> Factory:
     operands(inst, 4)
-    if any(m in mods for m in ("f4e", "b4e", "rc8", "ecl", "ecr", "rc16")):
-        raise Unsupported(f"instruction {inst.opcode} (byte-permute mode)")
+    mode = next((_PRMT_MODES[m] for m in mods if m in _PRMT_MODES), None)
     u32 = DTYPES["u32"]
 
     def fn(a, b, c):
         x = _as_u64(a) | (_as_u64(b) << U32)
         c = np.asarray(c).astype(np.uint64)
         out = np.zeros(np.broadcast(x, c).shape, np.uint64)
+        if mode is not None:
+            table = np.array(mode, dtype=np.uint64)[(c & np.uint64(3)).astype(np.intp)]
         for i in range(4):
-            sel = (c >> np.uint64(4 * i)) & np.uint64(0xF)
-            byte = (x >> ((sel & np.uint64(7)) * np.uint64(8))) & np.uint64(0xFF)
-            sign = np.where(byte & np.uint64(0x80), np.uint64(0xFF), np.uint64(0))
-            byte = np.where(sel & np.uint64(8), sign, byte)
+            if mode is not None:
+                byte = (x >> (table[..., i] * np.uint64(8))) & np.uint64(0xFF)
+            else:  # default: a selector nibble per byte; its bit 3 replicates the byte's sign
+                sel = (c >> np.uint64(4 * i)) & np.uint64(0xF)
+                byte = (x >> ((sel & np.uint64(7)) * np.uint64(8))) & np.uint64(0xFF)
+                sign = np.where(byte & np.uint64(0x80), np.uint64(0xFF), np.uint64(0))
+                byte = np.where(sel & np.uint64(8), sign, byte)
             out |= byte << np.uint64(8 * i)
         return out.astype(np.uint32)
     return elementwise(inst, u32, fn)
