@@ -127,8 +127,8 @@ def test_an_earlier_reservation_counts():
     assert _run(EARLIER_RESERVATION) == "reserved"  # as libcudart.so.13's, made before main
 
 
-# -- the emulated device's addresses ----------------------------------------------------------------
-def test_emulated_addresses_lie_in_the_layout(guest):
+# -- the devices' addresses (emulated here; the GPU's with QCUDA_TEST_BACKEND=gpu) ---------------------------
+def test_device_addresses_lie_in_the_layout(guest):
     dev = guest.Device(0)
     buffers = [dev.allocate(size) for size in (1, 4096, 3 * MIB)]
     assert all(_inside(b.ptr, max(b.size, 1), heap_range(0)) for b in buffers)

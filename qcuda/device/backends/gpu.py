@@ -373,12 +373,14 @@ class GpuContext(Context):
         base, size = heap_range(self.ordinal)
         granularity = int(check(cu.cuMemGetAllocationGranularity(
             self._prop, cu.CUmemAllocationGranularity_flags.CU_MEM_ALLOC_GRANULARITY_MINIMUM)))
-        reserved = int(check(cu.cuMemAddressReserve(size, granularity, base, 0)))
-        if reserved != base:
-            cu.cuMemAddressFree(reserved, size)
+        err, reserved = cu.cuMemAddressReserve(size, granularity, base, 0)
+        if err != cu.CUresult.CUDA_SUCCESS or int(reserved) != base:
+            if err == cu.CUresult.CUDA_SUCCESS:
+                cu.cuMemAddressFree(reserved, size)
+            answer = f"it offered 0x{int(reserved):x}" if err == cu.CUresult.CUDA_SUCCESS else _error(err).detail
             raise CudaError(Error.cudaErrorMemoryAllocation,
                             f"the driver would not reserve device {self.ordinal}'s address range [0x{base:x}, "
-                            f"+{size >> 30} GiB) (it offered 0x{reserved:x}): something in this worker uses it")
+                            f"+{size >> 30} GiB) ({answer}): something in this worker already uses it")
         return Heap(base, size, granularity, self._map, self._unmap)
 
     def _map(self, address: int, size: int) -> None:
