@@ -564,7 +564,10 @@ def _copy(dst: int, src: int, count: int, kind: int, stream, asynchronous: bool)
         dev.client.post(msg) if asynchronous else dev.client.call(msg)
     elif d.on_device:
         dev = d.dev or sdev
-        dev.client.copy_htod(dst, _bytes(src, count), handle, asynchronous and r.kind == "pinned")
+        in_place = r.kind == "pinned" and dev.client.channel.shared_arena  # read when the stream gets there
+        if asynchronous and not in_place:  # CUDA: the stream's earlier work first, then the host bytes are read
+            (s or dev.default_stream).synchronize()
+        dev.client.copy_htod(dst, _bytes(src, count), handle, asynchronous and in_place)
     elif r.on_device:
         dev = r.dev or sdev
         dev.client.copy_dtoh(_bytes(dst, count), src, handle, asynchronous and d.kind == "pinned")
@@ -610,6 +613,7 @@ def _copy2d_pageable(dst: int, dpitch: int, src: int, spitch: int, width: int, h
     scratch = dev.allocate(width * height)
     try:
         if d.on_device:
+            (s or dev.default_stream).synchronize()  # the host bytes are read after the stream's earlier work
             for row in range(height):
                 packed[row * width:(row + 1) * width] = _bytes(src + row * spitch, width)
             dev.client.copy_htod(scratch.handle, memoryview(packed), handle)
