@@ -522,8 +522,9 @@ def cudaPointerGetAttributes(attributes, ptr) -> None:
                       "hostPointer": host}
     elif kind == "pinned":
         assert dev is not None
+        mapped = dev.client.channel.shared_arena  # over TCP kernels cannot see this process's memory
         values = {"type": cudaMemoryType["cudaMemoryTypeHost"], "device": dev.ordinal, "hostPointer": address,
-                  "devicePointer": _arena_device_base(dev) + address - dev.client._arena_address}
+                  "devicePointer": _arena_device_base(dev) + address - dev.client._arena_address if mapped else 0}
     _fill(attributes, "cudaPointerAttributes", values)
 
 
