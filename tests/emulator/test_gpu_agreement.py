@@ -85,7 +85,8 @@ def _logical_ids(arrays):
 
 
 def _halves_as_floats(arrays):
-    """halves: half and bfloat16 results as float32 values (ptxas may fuse their mul+add)."""
+    """halves: half and bfloat16 results as float32 values. ptxas fuses __hmul+__hadd into one
+    fma, so bf16 results differ by an ulp or two, and more after a cancellation."""
     out, f, bo, b2 = arrays[2], arrays[3], arrays[4], arrays[5]
     as_bf16 = lambda bits: (bits.astype(np.uint32) << 16).view(np.float32)  # noqa: E731
     return [out.astype(np.float32), f, as_bf16(bo), as_bf16(b2)]
@@ -162,7 +163,7 @@ CASES = [
     ("halves.cu", "halves", (1, 1, 1), (256, 1, 1), 0,
      lambda: [f32(200, 2).astype(np.float16), f32(200, 2).astype(np.float16), np.zeros((600, 2), np.float16),
               f32(200) * 3, np.zeros(400, np.uint16), np.zeros((200, 2), np.uint16), np.int32(200)],
-     (_halves_as_floats, 1e-2)),
+     (_halves_as_floats, 2e-2)),
 ]
 
 
@@ -213,9 +214,9 @@ def test_instruction_matches_the_gpu(instruction, floats, gpu):
     a = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
     b = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
     c = rng.integers(0, 2**16, n, dtype=np.uint32)
-    floats = (rng.standard_normal(n) * 10.0 ** rng.integers(-40, 30, n)).astype(np.float32).view(np.uint32)
-    a[::2], c[:64] = floats[::2], rng.integers(0, 40, 64)
-    b[1::4] = floats[1::4]
+    float_bits = (rng.standard_normal(n) * 10.0 ** rng.integers(-40, 30, n)).astype(np.float32).view(np.uint32)
+    a[::2], c[:64] = float_bits[::2], rng.integers(0, 40, 64)
+    b[1::4] = float_bits[1::4]
     ptx = instruction_ptx(instruction)
     args = [a, b, c, np.zeros(n, np.uint32)]
     layout = [(0, 8), (8, 8), (16, 8), (24, 8)]
