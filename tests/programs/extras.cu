@@ -53,6 +53,12 @@ int main() {
   OK(cudaFreeAsync(b, s));
   OK(cudaStreamSynchronize(s));
 
+  cudaFuncAttributes fattr;
+  OK(cudaFuncGetAttributes(&fattr, (const void *)shared_reverse));
+  CHECK("function attributes", fattr.maxThreadsPerBlock > 0 && fattr.maxThreadsPerBlock <= 1024 &&
+                                   fattr.binaryVersion == 90 && fattr.ptxVersion == 90);
+  EXPECT(cudaErrorInvalidDeviceFunction, cudaFuncGetAttributes(&fattr, (const void *)main));
+
   char bus[32];
   OK(cudaDeviceGetPCIBusId(bus, sizeof bus, 0));
   CHECK("PCI bus id form", strlen(bus) == 12 && bus[4] == ':' && bus[7] == ':' && bus[10] == '.');

@@ -243,7 +243,11 @@ def cudaFuncSetAttribute(func, attr: int, value: int) -> None:
 
 
 def cudaFuncGetAttributes(attr, func) -> None:
+    """What the device's attributes say of any kernel; the kernel's own use of registers and memory is not known
+    here (the protocol has no message for a function's attributes yet)."""
     dev = device()
+    if lib.qcuda_find_function(func) == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidDeviceFunction, "not a registered kernel")
     _kernel(_addr(func), dev)
     major, minor = dev.compute_capability
     values = {"maxThreadsPerBlock": dev.attribute("MaxThreadsPerBlock"), "ptxVersion": major * 10 + minor,
