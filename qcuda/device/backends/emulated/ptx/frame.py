@@ -184,6 +184,12 @@ class Frame:
         }
         self.uniform = {k: np.uint32(v) for k, v in uniform.items()}
 
+    @property
+    def nbytes(self) -> int:
+        """Memory the frame holds (what caching it between launches costs)."""
+        return (sum(a.nbytes for a in self.regs.values()) + sum(a.nbytes for a in self.sregs.values())
+                + self.shared.nbytes + self.local.nbytes)
+
     def start(self, first_block: int) -> None:
         """Point the batch at blocks first_block.. of the grid; clear per-block memory."""
         lin = (self.block_of_thread + first_block).astype(np.uint32)

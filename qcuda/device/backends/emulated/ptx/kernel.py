@@ -39,6 +39,7 @@ MAX_GRID_DIMS = (2**31 - 1, 65535, 65535)
 MAX_SHARED_BYTES = 227 * 1024  # per block, as on sm_90
 BATCH_THREADS = 1 << 17  # threads run together: large enough that numpy's per-call cost vanishes
 BATCH_BYTES = 256 << 20  # ... and small enough that registers stay within this much memory
+CACHED_FRAME_BYTES = 4 << 20  # frames this small stay bound between launches (one per shape)
 COMPACT_RATIO = 8  # a loop entered by at most 1/8 of a frame's threads runs in a frame of its own
 COMPACT_MIN_THREADS = 4096  # ... when the frame is at least this big (else copying costs more)
 _FALL, _BRA, _EXIT = 0, 1, 2
@@ -125,6 +126,7 @@ class Kernel:
         self._loop_heads = set() if collective else {
             b.target for k, b in enumerate(self._blocks) if b.kind == _BRA and b.target <= k}
         self._live_in = _liveness(self._blocks)
+        self._frames: dict[tuple, tuple[Frame, list]] = {}  # launch shape -> a bound, idle frame
         self._live_cache: dict[bytes, frozenset[str]] = {}
         self._reg_bytes = sum(REG_DTYPES[t].itemsize for t in self.regs.values())
 
@@ -217,17 +219,28 @@ class Kernel:
         batch_threads = max(tpb, min(BATCH_THREADS, int(BATCH_BYTES // per_thread)))
         per_batch = max(1, batch_threads // tpb)
         param_bytes = np.frombuffer(bytes(params[:self.param_size]) + bytes(16), dtype=np.uint8)
-        frames: dict[int, tuple[Frame, list]] = {}
+        frames: dict[tuple, tuple[Frame, list]] = {}
         deadline = time.monotonic() + self.time_limit if self.time_limit is not None else None
-        with np.errstate(all="ignore"):
-            for first in range(0, nblocks, per_batch):
-                count = min(per_batch, nblocks - first)
-                if count not in frames:
-                    frame = Frame(self, count, block, grid, shared, param_bytes, self.memory, shared_bytes)
-                    frames[count] = (frame, self._bind(frame))
-                frame, bound = frames[count]
-                frame.start(first)
-                self._run(frame, bound, deadline)
+        try:
+            with np.errstate(all="ignore"):
+                for first in range(0, nblocks, per_batch):
+                    count = min(per_batch, nblocks - first)
+                    key = (grid, block, shared_bytes, count)
+                    if key not in frames:
+                        # a small frame of an earlier launch is reused: binding costs more than running
+                        cached = self._frames.pop(key, None)
+                        if cached is None:
+                            frame = Frame(self, count, block, grid, shared, param_bytes, self.memory, shared_bytes)
+                            cached = (frame, self._bind(frame))
+                        frames[key] = cached
+                    frame, bound = frames[key]
+                    frame.params = param_bytes
+                    frame.start(first)
+                    self._run(frame, bound, deadline)
+        finally:
+            for key, (frame, bound) in frames.items():
+                if frame.nbytes <= CACHED_FRAME_BYTES:
+                    self._frames[key] = (frame, bound)
 
     def _bind(self, frame: Frame) -> list:
         bound = []

@@ -120,14 +120,16 @@ def make_ld(inst: Instruction, mods: list[str]) -> Factory:
 
     def factory(fr: Frame) -> Run:
         writers = [fr.scatter(r, dt) for r in dests]
-        if space == "param" and not isinstance(a.base, Reg):  # uniform: read once per launch
+        if space == "param" and not isinstance(a.base, Reg):  # uniform: one value for every thread
             addr = fr.kernel.symbol_address(a.base.name) + a.offset if a.base else a.offset
-            values = [_param_view(fr, np.array([addr + k * size]), dt)[0] for k in range(vec)]
+            if addr < 0 or addr + vec * size > fr.params.size:
+                raise CudaError(Error.cudaErrorInvalidPtx, f"{inst}: outside the kernel's parameters")
             full = [fr.dst(r, dt)[1] for r in dests]
 
-            def ld_param(m):
-                for w, v in zip(full, values):
-                    w(v, m)
+            def ld_param(m):  # fr.params is replaced when a cached frame serves another launch
+                values = fr.params[addr:addr + vec * size].view(dt)
+                for k, w in enumerate(full):
+                    w(values[k], m)
             return ld_param
         ga = fr.address(a)
 
