@@ -78,5 +78,7 @@ def program_environment() -> dict[str, str]:
 
 
 def run_program(command: list[str]) -> int:
-    """Run `command` (checked by `prepare`) through qcuda; its exit status."""
-    return subprocess.run(command, env=program_environment()).returncode
+    """Run `command` (checked by `prepare`) through qcuda; its exit status (128 + N when signal N ended it, as
+    shells report it)."""
+    status = subprocess.run(command, env=program_environment()).returncode
+    return 128 - status if status < 0 else status
