@@ -917,10 +917,17 @@ def _entry(name: str, fn: Callable) -> Callable:
     return entry
 
 
+def _forget_in_child() -> None:
+    """A forked child starts afresh: the parent's handles belong to the parent's session."""
+    global S
+    S = State()
+
+
 def install(ffi_, lib_, names: list[str]) -> None:
     """Attach the implementation of every call the library declares (and its _ptsz/_ptds variants)."""
     global ffi, lib
     ffi, lib = ffi_, lib_
+    os.register_at_fork(after_in_child=_forget_in_child)
     sys.stdout = io.TextIOWrapper(io.BufferedWriter(ProgramStdout()), line_buffering=True)
     for name in names:
         base = name.removesuffix("_ptsz").removesuffix("_ptds")

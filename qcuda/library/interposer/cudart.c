@@ -207,6 +207,38 @@ static void reserve(uintptr_t base, size_t size) {
     if (p != MAP_FAILED && p != (void *)base) munmap(p, size); /* kernels without NOREPLACE: not ours to keep */
 }
 
+/* fork(): CPython does not see a C program's fork, so take the GIL across it (as os.fork does), or a child
+ * could inherit a GIL held by one of qcuda's threads and hang at its first CUDA call. The child's at-fork
+ * hooks then drop the parent's connections: it gets its own session at its next call. */
+static int fork_with_python;
+static PyGILState_STATE fork_gil;
+
+static void before_fork(void) {
+    fork_with_python = Py_IsInitialized();
+    if (fork_with_python) {
+        fork_gil = PyGILState_Ensure();
+        PyOS_BeforeFork();
+    }
+}
+
+static void after_fork_in_parent(void) {
+    if (fork_with_python) {
+        PyOS_AfterFork_Parent();
+        PyGILState_Release(fork_gil);
+    }
+}
+
+static void after_fork_in_child(void) {
+    if (fork_with_python) {
+        PyOS_AfterFork_Child();
+        PyGILState_Release(fork_gil);
+    }
+}
+
+__attribute__((constructor)) static void watch_forks(void) {
+    pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+}
+
 __attribute__((constructor)) static void reserve_device_ranges(void) {
     reserve(QCUDA_RESERVED_BASE, QCUDA_RESERVED_SIZE); /* the guest's client checks it and says what went wrong */
 }
