@@ -62,6 +62,11 @@ __global__ void coordinates(int *out, int nx, int ny) {
 
 __global__ void nothing() {}
 
+template <typename T, int N>
+__global__ void fill_n(T *out, T value) {
+  for (int i = 0; i < N; i++) out[i] = value * (T)(i + 1);
+}
+
 int main() {
   long long *out = nullptr, host[8];
   OK(cudaMalloc(&out, 64 * sizeof(long long)));
@@ -131,6 +136,16 @@ int main() {
     for (int y = 0; y < ny; y++)
       for (int x = 0; x < nx; x++) coords &= ghost[(z * ny + y) * nx + x] == x + 100 * y + 10000 * z;
   CHECK("3D grid", coords);
+
+  // template kernels: one registration per instantiation
+  fill_n<int, 4><<<1, 1>>>((int *)out, 3);
+  fill_n<double, 2><<<1, 1>>>((double *)out + 4, 0.25);
+  OK(cudaGetLastError());
+  int ints[4];
+  double dbls[2];
+  OK(cudaMemcpy(ints, out, sizeof ints, cudaMemcpyDeviceToHost));
+  OK(cudaMemcpy(dbls, (double *)out + 4, sizeof dbls, cudaMemcpyDeviceToHost));
+  CHECK("template kernels", ints[0] == 3 && ints[3] == 12 && dbls[0] == 0.25 && dbls[1] == 0.5);
 
   // configuration errors are reported at the launch (CUDA 13 says cudaErrorInvalidValue), then cleared
   nothing<<<1, 2048>>>();

@@ -6,6 +6,9 @@ __device__ int counters[64];
 __constant__ float coefficients[8];
 __device__ double scalar = 2.5;
 int not_a_symbol[4];
+namespace tables {
+__device__ __constant__ int offsets[3] = {7, 8, 9};
+}
 
 __global__ void apply(float *out, int n) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -75,6 +78,10 @@ int main() {
   OK(cudaMemcpyFromSymbolAsync(pinned, counters, 64 * sizeof(int), 0, cudaMemcpyDeviceToHost, stream));
   OK(cudaStreamSynchronize(stream));
   CHECK("asynchronous symbol copies in order", pinned[0] == 0 && pinned[3] == 0 && pinned[4] == 1004 && pinned[63] == 1063);
+
+  int offs[3] = {0, 0, 0};
+  OK(cudaMemcpyFromSymbol(offs, tables::offsets, sizeof offs));
+  CHECK("a variable in a namespace, with an initialiser", offs[0] == 7 && offs[2] == 9);
 
   // errors
   EXPECT(cudaErrorInvalidSymbol, cudaMemcpyToSymbol(not_a_symbol, coef, sizeof(int)));
