@@ -12,6 +12,8 @@ import pytest
 
 from daemons import DaemonProcess, free_port
 
+from qcuda.protocol.addresses import heap_range
+
 TOKEN = "s3cret-token-for-tests"
 
 
@@ -81,6 +83,9 @@ def test_two_daemons_at_once_and_copies_between_them(runtime_dir, monkeypatch):
         d = devices[0].allocate(data.nbytes)
         d.copy_from_device(c)
         assert np.array_equal(d.to_numpy(np.uint32), data)
+        for number, buf in ((0, a), (1, b), (2, c)):  # each global device has its own address range
+            base, size = heap_range(number)
+            assert base <= buf.ptr < base + size
         qcuda.set_device(2)
         assert qcuda.Device().ordinal == 2
     finally:

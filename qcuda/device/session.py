@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from ..protocol import messages as m
 from ..protocol.codec import Frame, encode, encode_error
+from ..protocol.addresses import MAX_DEVICES
 from ..protocol.errors import CudaError, Error
 from ..protocol.messages import Flags
 from .backends.base import Backend, Context, Event, Fence, Function, Stream
@@ -97,8 +98,10 @@ class Session:
     """Turns one guest's frames into backend work and posts the answers with `post`."""
 
     def __init__(self, backend: Backend, arena: memoryview | None, post: Callable[[bytes], None],
-                 flush_output: Callable[[], None] = lambda: None, limits: Limits = Limits()) -> None:
+                 flush_output: Callable[[], None] = lambda: None, limits: Limits = Limits(),
+                 first_slot: int = 0) -> None:
         self.backend = backend
+        self.first_slot = first_slot  # the guest's global number of this daemon's device 0
         self.limits = limits
         self.arena = arena
         self.post = post
@@ -210,7 +213,11 @@ class Session:
         if ctx is None:
             if not 0 <= device < self.backend.device_count():
                 raise CudaError(Error.cudaErrorInvalidDevice, f"device {device}")
-            ctx = self.backend.open_context(device)
+            slot = self.first_slot + device
+            if slot >= MAX_DEVICES:
+                raise CudaError(Error.cudaErrorInvalidDevice,
+                                f"a guest may use {MAX_DEVICES} devices in all; this would be its device {slot}")
+            ctx = self.backend.open_context(device, slot)
             self._contexts[device] = ctx
             if self.arena is not None:
                 self._arena_base[device] = ctx.map_host(self.arena)

@@ -97,7 +97,8 @@ def run_shm_guest(
         region, geometry = map_region(fds[0], limits.max_region)
         channel = HostChannel(region, geometry, fds[1], fds[2])
         backend = make_backend()
-        session = Session(backend, channel.arena, channel.post, OutputForwarder(channel.post).drain, limits)
+        session = Session(backend, channel.arena, channel.post, OutputForwarder(channel.post).drain, limits,
+                          hello.message.slot)
         conn.sendall(encode(m.HelloReply(VERSION, 0, session_id, backend.device_count(), 0), hello.request_id))
     except (RemoteProtocolError, OSError, CudaError) as exc:
         code = exc.code if isinstance(exc, CudaError) else Error.cudaErrorInvalidValue
@@ -121,7 +122,8 @@ def run_tcp_guest(
     channel = TcpHostChannel(conn)
     try:
         backend = make_backend()
-        session = Session(backend, channel.arena, channel.post, OutputForwarder(channel.post).drain, limits)
+        session = Session(backend, channel.arena, channel.post, OutputForwarder(channel.post).drain, limits,
+                          hello.message.slot)
         conn.sendall(encode(m.HelloReply(VERSION, 0, session_id, backend.device_count(), len(channel.arena)),
                             hello.request_id))
     except (OSError, CudaError) as exc:

@@ -68,7 +68,8 @@ class Pending:
 class Client:
     """One connection to one daemon."""
 
-    def __init__(self, url: DeviceUrl, arena_size: int | None = None) -> None:
+    def __init__(self, url: DeviceUrl, arena_size: int | None = None, first_slot: int = 0) -> None:
+        """`first_slot`: the guest's global number for this daemon's device 0 (its place in the address layout)."""
         self.url = url
         self._pid = os.getpid()
         reserve_device_addresses()  # before any device pointer reaches this process
@@ -77,7 +78,7 @@ class Client:
             ShmChannel(url, size) if url.scheme == "shm" else TcpChannel(url, arena_size or TCP_LOCAL_ARENA)
         )
         token = os.environ.get("QCUDA_TOKEN", "").encode()
-        hello = self.channel.connect(m.Hello(VERSION, m.Kind.GUEST, 0, token))
+        hello = self.channel.connect(m.Hello(VERSION, m.Kind.GUEST, 0, first_slot, token))
         if hello.status:
             self.channel.close()
             raise CudaError(hello.status, f"{url} refused this guest: {hello.detail}")

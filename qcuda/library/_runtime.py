@@ -22,7 +22,7 @@ class Runtime:
         self.devices: list[tuple[Client, int]] = []
         try:
             for url in urls:
-                client = Client(url)
+                client = Client(url, first_slot=len(self.devices))
                 self.clients.append(client)
                 self.devices.extend((client, i) for i in range(client.device_count))
         except BaseException:

@@ -128,12 +128,15 @@ def _message(cls):
 @_message
 @dataclass(frozen=True)
 class Hello(Message):
+    """`slot`: where this daemon's device 0 goes in the guest's address layout (its global device number)."""
+
     CMD = Cmd.HELLO
-    FORMAT = "IIQ"
+    FORMAT = "IIQI"
     TAIL = "token"
     version: int
     kind: int
     features: int
+    slot: int = 0
     token: bytes = b""
 
 

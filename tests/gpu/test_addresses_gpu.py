@@ -129,7 +129,7 @@ from qcuda.protocol.addresses import arena_range, heap_range
 from qcuda.protocol.errors import CudaError
 backend = GpuBackend()
 print("host pointers", backend.device_info(0).attributes.get("cudaDevAttrCanUseHostPointerForRegisteredMem"))
-ctx = backend.open_context(0)
+ctx = backend.open_context(0, 0)
 base, size = heap_range(0)
 granule = ctx.heap.granularity
 pointers = [ctx.alloc(4) for _ in range(1000)]
@@ -145,7 +145,7 @@ libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 assert libc.mmap(base + (1 << 30), 4096, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x100000, -1, 0) == base + (1 << 30)
 try:
-    backend.open_context(0)
+    backend.open_context(0, 0)
     print("opened")
 except CudaError as exc:
     print("refused", exc.code, exc.detail)

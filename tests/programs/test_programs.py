@@ -124,9 +124,6 @@ def test_two_devices_of_one_daemon(two_device_daemon, built):
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "PASS", result.stdout + result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="each daemon lays its devices out from device 0's addresses "
-                   "(qcuda/protocol/addresses.py), so device 0 of one daemon and device 0 of another hand out equal "
-                   "pointers: a guest's devices need the layout slot of their global number")
 def test_devices_of_two_daemons(daemon, two_device_daemon, built):
     """QCUDA_DEVICE names two daemons: the program sees their devices as one numbering."""
     result = run(daemon, built["multi_device"], f"{daemon.url},{two_device_daemon.url}")

@@ -195,4 +195,6 @@ class Backend(ABC):
     def device_info(self, ordinal: int) -> DeviceInfo: ...
 
     @abstractmethod
-    def open_context(self, ordinal: int) -> Context: ...
+    def open_context(self, ordinal: int, slot: int) -> Context:
+        """A context on device `ordinal` whose addresses come from layout slot `slot` (qcuda.protocol.addresses):
+        the guest's global number for the device, so devices of several daemons never share addresses."""

@@ -166,10 +166,10 @@ class GpuBackend(Backend):
             self._info[ordinal] = info
         return info
 
-    def open_context(self, ordinal: int) -> "GpuContext":
+    def open_context(self, ordinal: int, slot: int) -> "GpuContext":
         attrs = self.device_info(ordinal).attributes
         arch = f"sm_{attrs['cudaDevAttrComputeCapabilityMajor']}{attrs['cudaDevAttrComputeCapabilityMinor']}"
-        return GpuContext(self._device(ordinal), ordinal, arch)
+        return GpuContext(self._device(ordinal), ordinal, slot, arch)
 
 
 class _EventFence(Fence):
@@ -346,9 +346,10 @@ def compile_source(source: bytes, arch: str) -> tuple[bytes, str]:
 class GpuContext(Context):
     """One guest's primary context on one device."""
 
-    def __init__(self, device: cu.CUdevice, ordinal: int, arch: str) -> None:
+    def __init__(self, device: cu.CUdevice, ordinal: int, slot: int, arch: str) -> None:
         self._device = device
         self.ordinal = ordinal
+        self.slot = slot  # where its addresses lie in the layout
         self.arch = arch
         self.handle: cu.CUcontext = check(cu.cuDevicePrimaryCtxRetain(device))
         self._sticky = 0
@@ -370,7 +371,7 @@ class GpuContext(Context):
 
     def _reserve_heap(self) -> Heap:
         """Reserve the device's address range of the layout; the driver must give exactly that range."""
-        base, size = heap_range(self.ordinal)
+        base, size = heap_range(self.slot)
         granularity = int(check(cu.cuMemGetAllocationGranularity(
             self._prop, cu.CUmemAllocationGranularity_flags.CU_MEM_ALLOC_GRANULARITY_MINIMUM)))
         err, reserved = cu.cuMemAddressReserve(size, granularity, base, 0)
@@ -455,7 +456,7 @@ class GpuContext(Context):
         """
         self.enter()
         address, size = _address(buffer)
-        target, room = arena_range(self.ordinal)
+        target, room = arena_range(self.slot)
         if size > room:
             raise CudaError(Error.cudaErrorInvalidValue, f"a {size}-byte arena exceeds its address range")
         map_again(address, size, target)

@@ -65,9 +65,9 @@ class EmulatedBackend(Backend):
         uuid = (b"qcuda-emulated" + bytes([ordinal, 0]))[:16]
         return DeviceInfo(f"qcuda emulated device {ordinal}", self._memory, dict(_ATTRIBUTES), uuid, self.name)
 
-    def open_context(self, ordinal: int) -> "EmulatedContext":
+    def open_context(self, ordinal: int, slot: int) -> "EmulatedContext":
         self._check(ordinal)
-        return EmulatedContext(self._memory, ordinal)
+        return EmulatedContext(self._memory, slot)
 
     def _check(self, ordinal: int) -> None:
         if not 0 <= ordinal < self._devices:
@@ -254,9 +254,9 @@ class EmulatedModule(Module):
 
 
 class EmulatedContext(Context):
-    def __init__(self, capacity: int, ordinal: int = 0) -> None:
-        self.memory = DeviceMemory(capacity, heap_range(ordinal)[0])
-        self._arena_base, self._arena_room = arena_range(ordinal)
+    def __init__(self, capacity: int, slot: int) -> None:
+        self.memory = DeviceMemory(capacity, heap_range(slot)[0])
+        self._arena_base, self._arena_room = arena_range(slot)
         self.sticky = 0
         self._sticky_detail = ""
         self.order_lock = threading.Lock()
