@@ -92,7 +92,7 @@ def measure(cuda_home: Path, structs: dict[str, list[tuple[str, str, int]]]) -> 
 
 
 def enum_values(header: str, name: str) -> list[tuple[str, int]]:
-    body = header[header.index(f"enum __device_builtin__ {name}\n"):]
+    body = header[re.search(rf"enum __device_builtin__ {name}\s*\{{", header).start():]
     body = re.sub(r"/\*.*?\*/", "", body[: body.index("};")], flags=re.S)
     return [(m[1], int(m[2], 0)) for m in re.finditer(r"(\w+)\s*=\s*(0x[0-9a-fA-F]+|\d+)", body)]
 

@@ -28,6 +28,9 @@ int main() {
   OK(cudaStreamGetPriority(s, &priority));
   CHECK("default priority", priority == 0);
   OK(cudaStreamGetDevice(s, &dev));
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusActive;
+  OK(cudaStreamIsCapturing(s, &capturing));
+  CHECK("not capturing", capturing == cudaStreamCaptureStatusNone);
   CHECK("stream device", dev == 0);
 
   int *a = nullptr, *b = nullptr, host[256];

@@ -30,7 +30,9 @@ from .._device import Device
 from .._memory import DeviceBuffer, HostBuffer
 from .._module import Kernel, Module
 from .._stream import Event, Stream
-from ._cudart_abi import DEFINES, STRUCTS, cudaFuncAttribute, cudaLimit, cudaMemcpyKind, cudaMemoryType
+from ._cudart_abi import (
+    DEFINES, STRUCTS, cudaFuncAttribute, cudaLimit, cudaMemcpyKind, cudaMemoryType, cudaStreamCaptureStatus,
+)
 
 ffi = lib = None  # the library's cffi objects, set by install()
 
@@ -788,6 +790,12 @@ def cudaStreamDestroy(stream) -> None:
         raise CudaError(Error.cudaErrorInvalidResourceHandle, f"stream 0x{h:x}")
     S.stream_info.pop(h, None)
     s.destroy()
+
+
+def cudaStreamIsCapturing(stream, status) -> None:
+    """Never: qcuda does not capture graphs (cudaStreamBeginCapture says so), and libraries ask this often."""
+    _stream(stream)
+    _out(status, "int", cudaStreamCaptureStatus["cudaStreamCaptureStatusNone"])
 
 
 def cudaStreamGetFlags(stream, flags) -> None:

@@ -563,4 +563,6 @@ cudaLimit: dict[str, int] = {'cudaLimitStackSize': 0, 'cudaLimitPrintfFifoSize':
 
 cudaFuncAttribute: dict[str, int] = {'cudaFuncAttributeMaxDynamicSharedMemorySize': 8, 'cudaFuncAttributePreferredSharedMemoryCarveout': 9, 'cudaFuncAttributeClusterDimMustBeSet': 10, 'cudaFuncAttributeRequiredClusterWidth': 11, 'cudaFuncAttributeRequiredClusterHeight': 12, 'cudaFuncAttributeRequiredClusterDepth': 13, 'cudaFuncAttributeNonPortableClusterSizeAllowed': 14, 'cudaFuncAttributeClusterSchedulingPolicyPreference': 15}
 
+cudaStreamCaptureStatus: dict[str, int] = {'cudaStreamCaptureStatusNone': 0, 'cudaStreamCaptureStatusActive': 1, 'cudaStreamCaptureStatusInvalidated': 2}
+
 DEFINES: dict[str, int] = {'cudaHostAllocDefault': 0, 'cudaHostAllocPortable': 1, 'cudaHostAllocMapped': 2, 'cudaHostAllocWriteCombined': 4}

@@ -72,3 +72,4 @@ cudaError_t cudaProfilerStart(void);
 cudaError_t cudaProfilerStop(void);
 cudaError_t cudaLaunchHostFunc(cudaStream_t stream, void *fn, void *userData);
 cudaError_t cudaStreamAddCallback(cudaStream_t stream, void *callback, void *userData, unsigned int flags);
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, int *pCaptureStatus);
