@@ -87,6 +87,7 @@ class State:
         self.kernels: dict[tuple[int, int], Kernel] = {}  # (host stub, device) -> kernel
         self.symbols: dict[tuple[int, int], tuple[int, int]] = {}  # (host variable, device) -> (ptr, size)
         self.arena_device: dict[int, int] = {}  # device -> where kernels see the arena
+        self.launch_limits: dict[int, tuple[int, tuple[int, ...], tuple[int, ...], int]] = {}
         self.flags: dict[int, int] = {}
         self.limits: dict[tuple[int, int], int] = {}
 
@@ -203,17 +204,27 @@ def _kernel(host: int, dev: Device) -> Kernel:
     return kernel
 
 
+def _launch_limits(dev: Device) -> tuple[int, tuple[int, ...], tuple[int, ...], int]:
+    """(threads per block, block dims, grid dims, dynamic shared bytes) the device allows; read once per device."""
+    limits = S.launch_limits.get(dev.ordinal)
+    if limits is None:
+        a = dev.attributes
+        limits = S.launch_limits[dev.ordinal] = (
+            a["cudaDevAttrMaxThreadsPerBlock"], tuple(a["cudaDevAttrMaxBlockDim" + c] for c in "XYZ"),
+            tuple(a["cudaDevAttrMaxGridDim" + c] for c in "XYZ"),
+            a.get("cudaDevAttrMaxSharedMemoryPerBlockOptin", a["cudaDevAttrMaxSharedMemoryPerBlock"]))
+    return limits
+
+
 def _check_configuration(dev: Device, grid: tuple[int, ...], block: tuple[int, ...], shared: int) -> None:
     """Refuse a launch configuration the device cannot run, at the launch, as CUDA 13 does: cudaErrorInvalidValue
     (checked on an H100: launches reach the driver's cuLaunchKernel, whose answer is that, not cudaErrorInvalidConfiguration)."""
-    a = dev.attributes
-    limits_block = [a["cudaDevAttrMaxBlockDim" + c] for c in "XYZ"]
-    limits_grid = [a["cudaDevAttrMaxGridDim" + c] for c in "XYZ"]
-    threads = block[0] * block[1] * block[2]
-    if (min(grid) < 1 or min(block) < 1 or threads > a["cudaDevAttrMaxThreadsPerBlock"]
-            or any(b > lim for b, lim in zip(block, limits_block)) or any(g > lim for g, lim in zip(grid, limits_grid))):
+    threads, block_dims, grid_dims, max_shared = _launch_limits(dev)
+    if (min(grid) < 1 or min(block) < 1 or block[0] * block[1] * block[2] > threads
+            or block[0] > block_dims[0] or block[1] > block_dims[1] or block[2] > block_dims[2]
+            or grid[0] > grid_dims[0] or grid[1] > grid_dims[1] or grid[2] > grid_dims[2]):
         raise CudaError(Error.cudaErrorInvalidValue, f"launch configuration grid {grid} block {block}")
-    if shared > a.get("cudaDevAttrMaxSharedMemoryPerBlockOptin", a["cudaDevAttrMaxSharedMemoryPerBlock"]):
+    if shared > max_shared:
         raise CudaError(Error.cudaErrorInvalidValue, f"{shared} bytes of dynamic shared memory")
 
 
@@ -347,6 +358,7 @@ def cudaDeviceReset() -> None:
                 if finalizer is not None:
                     finalizer.detach()
         S.arena_device.pop(o, None)
+        S.launch_limits.pop(o, None)
         S.flags.pop(o, None)
         for key in [k for k in S.limits if k[0] == o]:
             del S.limits[key]
