@@ -211,7 +211,8 @@ def make_atom(inst: Instruction, mods: list[str]) -> Factory:
         def atom(m):
             addrs = ga()
             ids = fr.thread_index if m is True else fr.thread_index[m.mask]
-            if m is not True:
+            lanes = np.arange(fr.n) if m is True else np.flatnonzero(m.mask)  # positions, not thread ids:
+            if m is not True:  # the two differ in a compacted frame
                 addrs = addrs[m.mask]
             if addrs.size == 0:
                 return
@@ -223,7 +224,7 @@ def make_atom(inst: Instruction, mods: list[str]) -> Factory:
             rank = np.arange(addrs.size) - np.repeat(starts, counts)
             first = order[starts]
             current = load_space(fr, space, addrs[first], ids[first], dt)
-            vals = [np.broadcast_to(g(), (fr.n,))[ids][order] for g in getters]
+            vals = [np.broadcast_to(g(), (fr.n,))[lanes[order]] for g in getters]
             if op in _REDUCIBLE or op == "exch":
                 old, final = _scan_update(op, current, vals[0], starts, counts, rank)
             elif op == "cas":
