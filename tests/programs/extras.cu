@@ -60,7 +60,7 @@ int main() {
   OK(cudaFuncGetAttributes(&fattr, (const void *)shared_reverse));
   CHECK("function attributes", fattr.maxThreadsPerBlock > 0 && fattr.maxThreadsPerBlock <= 1024 &&
                                    fattr.binaryVersion == 90 && fattr.ptxVersion == 90);
-  EXPECT(cudaErrorInvalidDeviceFunction, cudaFuncGetAttributes(&fattr, (const void *)main));
+  EXPECT(cudaErrorInvalidResourceHandle, cudaFuncGetAttributes(&fattr, (const void *)main));
 
   char bus[32];
   OK(cudaDeviceGetPCIBusId(bus, sizeof bus, 0));

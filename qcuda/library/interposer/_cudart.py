@@ -246,7 +246,7 @@ __cudaLaunchKernel = cudaLaunchKernel
 def cudaFuncSetAttribute(func, attr: int, value: int) -> None:
     """Checked and accepted: qcuda already lets a kernel use the device's opt-in shared memory."""
     if lib.qcuda_find_function(func) == ffi.NULL:
-        raise CudaError(Error.cudaErrorInvalidDeviceFunction, "not a registered kernel")
+        raise CudaError(Error.cudaErrorInvalidResourceHandle, "not a registered kernel")  # CUDA 13's answer
     if attr not in cudaFuncAttribute.values():
         raise CudaError(Error.cudaErrorInvalidValue, f"function attribute {attr}")
     dev = device()
@@ -260,7 +260,7 @@ def cudaFuncGetAttributes(attr, func) -> None:
     here (the protocol has no message for a function's attributes yet)."""
     dev = device()
     if lib.qcuda_find_function(func) == ffi.NULL:
-        raise CudaError(Error.cudaErrorInvalidDeviceFunction, "not a registered kernel")
+        raise CudaError(Error.cudaErrorInvalidResourceHandle, "not a registered kernel")  # CUDA 13's answer
     _kernel(_addr(func), dev)
     major, minor = dev.compute_capability
     values = {"maxThreadsPerBlock": dev.attribute("MaxThreadsPerBlock"), "ptxVersion": major * 10 + minor,
