@@ -279,6 +279,41 @@ def test_warp_primitives(built, emu):
     np.testing.assert_array_equal(out.reshape(n, 10), expect)
 
 
+def _mask(sel: np.ndarray) -> int:
+    return int(np.sum(np.left_shift(1, np.flatnonzero(sel)), dtype=np.int64))
+
+
+def _match_ref(v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The warp_match kernel for one full warp, lane by lane."""
+    u = v.view(np.uint32)
+    odd = np.arange(32) % 2 == 1
+    uniform32, uniform64 = bool((v == v[0]).all()), bool((w == w[0]).all())
+    rows = []
+    for lane in range(32):
+        rows.append([
+            _mask(v == v[lane]), _mask(w == w[lane]), 0xFFFFFFFF * uniform32, 0xFFFFFFFF * uniform64,
+            uniform32 | uniform64 << 1, _mask(odd & ((v & 3) == (v[lane] & 3))) if lane % 2 else 0, u[lane ^ 1],
+            int(v.min()) % 2**32, int(u.max()), int(np.bitwise_and.reduce(u)), int(np.bitwise_or.reduce(u)),
+            int(np.bitwise_xor.reduce(u)), int((v > 0).all() or (v <= 0).all()) | 2])
+    return np.array(rows, np.uint64).astype(np.uint32)
+
+
+def test_match_warp_reductions_and_syncwarp(built, emu):
+    mod = emu.load(built.ptx("warp.cu"))
+    blocks, block = 3, 96
+    n = blocks * block - 40
+    x = rng.integers(-3, 4, n, dtype=np.int32)
+    w = rng.integers(0, 3, n, dtype=np.int64) << 33  # equal low words: a 64-bit match must see the high ones
+    x[32:64] = 5  # one warp agrees on everything
+    w[64:96] = 7 << 40
+    out = np.zeros(n * 13, np.uint32)
+    emu.run(mod, "warp_match", blocks, block, x, w, out, np.int32(n))
+    pv, pw = np.zeros(blocks * block, np.int32), np.zeros(blocks * block, np.int64)
+    pv[:n], pw[:n] = x, w
+    expect = np.concatenate([_match_ref(a, b) for a, b in zip(pv.reshape(-1, 32), pw.reshape(-1, 32))])[:n]
+    np.testing.assert_array_equal(out.reshape(n, 13), expect)
+
+
 def _mix(a: int, b: int) -> int:
     r = ((a * 31 + b + 2**31) % 2**32) - 2**31
     return r ^ 0x55 if r & 1 else r >> 1

@@ -1,4 +1,4 @@
-"""Warp- and block-wide collectives: shuffles, votes, the active mask, redux, bar.red.
+"""Warp- and block-wide collectives: shuffles, votes, the active mask, match, redux, bar.red.
 
 A warp is 32 consecutive threads of a block (the last may be partial); every lane of a warp runs
 the same step together in the emulator, so a shuffle is a gather from the register array.
@@ -53,9 +53,7 @@ def make_shfl(inst: Instruction, mods: list[str]) -> Factory:
 
 def _warp_ballot(fr: Frame, bits: np.ndarray) -> np.ndarray:
     """Per thread: the ballot (uint32) of its warp over `bits`."""
-    weights = np.where(bits, np.left_shift(1, fr.lane).astype(np.float64), 0.0)
-    per_warp = np.bincount(fr.warp_key, weights, minlength=fr.nblocks * fr.warps_per_block)
-    return per_warp.astype(np.uint32)[fr.warp_key]
+    return _class_ballot(fr, fr.warp_key, bits)
 
 
 def make_vote(inst: Instruction, mods: list[str]) -> Factory:
@@ -89,6 +87,51 @@ def make_activemask(inst: Instruction, mods: list[str]) -> Factory:
         _, write = fr.dst(d, DTYPES["u32"])
         return lambda m: write(_warp_ballot(fr, full_mask(fr, m)), m)
     return factory
+
+
+def make_match(inst: Instruction, mods: list[str]) -> Factory:
+    """match.any.sync: each lane gets the mask of active lanes of its warp holding the same value.
+    match.all.sync: membermask where every active lane of the warp holds the same value, else 0
+    (and the optional predicate says which). As for vote, the active lanes stand for membermask."""
+    mode = next((x for x in mods if x in ("any", "all")), None)
+    dt = one_type(inst, mods)
+    if mode is None or dt.itemsize not in (4, 8) or len(inst.operands) != 3:
+        raise Unsupported(f"instruction {inst.opcode}")
+    d, a, member = inst.operands
+    first, second = (d.first, d.second) if isinstance(d, PredPair) else (d, None)
+    if mode == "any" and second is not None:
+        raise Unsupported(f"instruction {inst.opcode} with a predicate")
+    u32 = DTYPES["u32"]
+
+    def factory(fr: Frame) -> Run:
+        ga, gm = fr.src(a, dt), fr.src(member, u32)
+        _, write = fr.dst(first, u32)
+        write_p = fr.dst(second, DTYPES["pred"])[1] if second is not None else None
+
+        def run(m):
+            active = full_mask(fr, m)
+            values = np.broadcast_to(ga(), (fr.n,))
+            order = np.lexsort((values, fr.warp_key))  # a class per (warp, value)
+            sv, sw = values[order], fr.warp_key[order]
+            cls = np.empty(fr.n, np.int64)
+            cls[order] = np.cumsum(np.r_[True, (sv[1:] != sv[:-1]) | (sw[1:] != sw[:-1])]) - 1
+            same = _class_ballot(fr, cls, active)
+            if mode == "any":
+                write(same, m)
+                return
+            uniform = same == _warp_ballot(fr, active)
+            write(np.where(uniform, np.broadcast_to(gm(), (fr.n,)), 0).astype(np.uint32), m)
+            if write_p is not None:
+                write_p(uniform, m)
+        return run
+    return factory
+
+
+def _class_ballot(fr: Frame, cls: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Per thread: the mask (uint32) of the lanes of its class (its warp, or part of it) with `bits`
+    set; a float64 bincount sums the lane bits exactly and in one pass."""
+    weights = np.where(bits, np.left_shift(1, fr.lane).astype(np.float64), 0.0)
+    return np.bincount(cls, weights, minlength=int(cls.max()) + 1).astype(np.uint32)[cls]
 
 
 _REDUX = {"add": np.add, "min": np.minimum, "max": np.maximum,
