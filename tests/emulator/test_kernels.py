@@ -249,13 +249,20 @@ def test_conversions(built, emu):
     np.testing.assert_allclose(od.reshape(n, 4), expect_d, rtol=1e-15)
 
 
-def _warp_ref(v: np.ndarray) -> np.ndarray:
-    """The warp_ops kernel for one full warp of 32 values, lane by lane."""
+def _shfl_down_sum(v: np.ndarray) -> np.ndarray:
+    """Per lane: `for (off = 16; off; off >>= 1) s += shfl_down(s, off)` (a lane past 31 reads itself)."""
     lanes = np.arange(32)
     total = v.astype(np.int64)
     for off in (16, 8, 4, 2, 1):
         src = lanes + off
         total = total + np.where(src <= 31, total[np.minimum(src, 31)], total)
+    return total
+
+
+def _warp_ref(v: np.ndarray) -> np.ndarray:
+    """The warp_ops kernel for one full warp of 32 values, lane by lane."""
+    lanes = np.arange(32)
+    total = _shfl_down_sum(v)
     seg = np.where(lanes % 8 != 7, v[np.minimum(lanes + 1, 31)], v)
     up = np.where(lanes >= 3, v[np.maximum(lanes - 3, 0)], v)
     ballot = sum(1 << int(k) for k in lanes if v[k] > 0)
@@ -312,6 +319,37 @@ def test_match_warp_reductions_and_syncwarp(built, emu):
     pv[:n], pw[:n] = x, w
     expect = np.concatenate([_match_ref(a, b) for a, b in zip(pv.reshape(-1, 32), pw.reshape(-1, 32))])[:n]
     np.testing.assert_array_equal(out.reshape(n, 13), expect)
+
+
+def _cg_ref(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The cg_reduce kernel for one full warp: int columns, and the float tile sum as cg::reduce
+    computes it (a butterfly: every lane adds its xor partner's value, masks 16 down to 1)."""
+    lanes = np.arange(32)
+    pos = v > 0
+    eighths = np.repeat(v.reshape(4, 8).sum(axis=1), 8)
+    rank = np.where(pos, np.cumsum(pos) - 1, -1)
+    cols = [_shfl_down_sum(v), np.full(32, v.sum()), np.full(32, v.max()), np.cumsum(v), eighths,
+            v[(lanes & ~7) | ((lanes + 1) % 8)], np.full(32, _mask(pos)), rank, np.where(pos, pos.sum(), 0)]
+    fsum = f.copy()
+    for m in (16, 8, 4, 2, 1):
+        fsum = fsum + fsum[lanes ^ m]
+    return (np.stack(cols, axis=1) % 2**32).astype(np.uint32).view(np.int32), fsum
+
+
+def test_cooperative_groups(built, emu):
+    mod = emu.load(built.ptx("coop.cu"))
+    blocks, block = 3, 128
+    n = blocks * block - 45
+    x = rng.integers(-1000, 1000, n, dtype=np.int32)
+    f = rng.standard_normal(n).astype(np.float32)
+    total, out, fout = np.zeros(1, np.int32), np.zeros(n * 9, np.int32), np.zeros(n, np.float32)
+    emu.run(mod, "cg_reduce", blocks, block, x, f, total, out, fout, np.int32(n))
+    assert total[0] == x.sum()
+    pv, pf = np.zeros(blocks * block, np.int32), np.zeros(blocks * block, np.float32)
+    pv[:n], pf[:n] = x, f
+    refs = [_cg_ref(a, b) for a, b in zip(pv.reshape(-1, 32), pf.reshape(-1, 32))]
+    np.testing.assert_array_equal(out.reshape(n, 9), np.concatenate([r[0] for r in refs])[:n])
+    np.testing.assert_array_equal(fout, np.concatenate([r[1] for r in refs])[:n])
 
 
 def _mix(a: int, b: int) -> int:
