@@ -15,6 +15,8 @@ __global__ void fill_mapped(int *p, int n) {
   if (i < n) p[i] = 3 * i + 1;
 }
 
+static int *pinned_back_as_int(float *p) { return (int *)p; }
+
 static bool all_bytes(const void *p, size_t n, unsigned char v) {
   for (size_t i = 0; i < n; i++)
     if (((const unsigned char *)p)[i] != v) return false;
@@ -145,6 +147,10 @@ int main() {
   bool zero_copy = true;
   for (int i = 0; i < 1024; i++) zero_copy &= mapped[i] == 3 * i + 1;
   CHECK("kernel wrote mapped host memory", zero_copy);
+  CHECK("unified addressing: pinned memory has one address on both sides", mapped_dev == mapped);
+  fill_mapped<<<4, 256>>>(pinned_back_as_int(pinned_back), 1024);
+  OK(cudaDeviceSynchronize());
+  CHECK("a kernel writes pinned memory through its host pointer", ((int *)pinned_back)[1023] == 3 * 1023 + 1);
 
   // pointer attributes
   cudaPointerAttributes attr;

@@ -23,6 +23,7 @@ import traceback
 from typing import Callable
 
 from ...protocol import messages as m
+from ...protocol.addresses import RESERVED
 from ...protocol._cuda_tables import DEVICE_ATTRIBUTES
 from ...protocol.errors import CudaError, Error
 from .. import _device
@@ -87,6 +88,7 @@ class State:
         self.kernels: dict[tuple[int, int], Kernel] = {}  # (host stub, device) -> kernel
         self.symbols: dict[tuple[int, int], tuple[int, int]] = {}  # (host variable, device) -> (ptr, size)
         self.arena_device: dict[int, int] = {}  # device -> where kernels see the arena
+        self.alias: dict[int, int | None] = {}  # device -> where this process sees the arena at that same address
         self.launch_limits: dict[int, tuple[int, tuple[int, ...], tuple[int, ...], int]] = {}
         self.flags: dict[int, int] = {}
         self.limits: dict[tuple[int, int], int] = {}
@@ -163,6 +165,40 @@ def _arena_device_base(dev: Device) -> int:
     return base
 
 
+def _alias(dev: Device) -> int | None:
+    """Map the arena a second time at the address where `dev`'s kernels see it (once per device), so that pinned
+    memory has one address on both sides, as under CUDA's unified addressing; None where that cannot be."""
+    if dev.ordinal not in S.alias:
+        S.alias[dev.ordinal] = None
+        client = dev.client
+        if client.channel.shared_arena:
+            want, size = _arena_device_base(dev), len(client.channel.arena)
+            if RESERVED[0] <= want and want + size <= RESERVED[0] + RESERVED[1]:  # only over our own reservation
+                placed = lib.qcuda_alias(ffi.cast("void *", client._arena_address), size, ffi.cast("void *", want))
+                if _addr(placed) == want:
+                    S.alias[dev.ordinal] = want
+    return S.alias[dev.ordinal]
+
+
+def _arena_of(address: int) -> tuple[Device, int] | None:
+    """(device, arena offset) where `address` is this process's view of a channel arena: pinned memory."""
+    for dev in list(S.devices.values()):
+        client = dev.client
+        for base in (S.alias.get(dev.ordinal), client._arena_address):
+            if base is not None and base <= address < base + len(client.channel.arena):
+                return dev, address - base
+    return None
+
+
+def _host_view(address: int, count: int) -> memoryview:
+    """The program's host bytes; pinned ones through the client's own arena view, so copies of them are zero-copy."""
+    found = _arena_of(address)
+    if found is None:
+        return _bytes(address, count)
+    dev, offset = found
+    return dev.client.channel.arena[offset:offset + count]
+
+
 def _locate(address: int, size: int) -> tuple[str, Device | None]:
     """("device" | "pinned" | "host", owner) for [address, +size) of the program's view."""
     i = bisect.bisect_right(S.starts, address) - 1
@@ -171,12 +207,12 @@ def _locate(address: int, size: int) -> tuple[str, Device | None]:
         length, ordinal, _ = S.ranges[start]
         if address < start + max(length, 1):
             return "device", device(ordinal)
+    found = _arena_of(address)
+    if found is not None:
+        return "pinned", found[0]
     for dev in list(S.devices.values()):
-        client = dev.client
-        if client._arena_address <= address < client._arena_address + len(client.channel.arena):
-            return "pinned", dev
         base = S.arena_device.get(dev.ordinal)
-        if base is not None and base <= address < base + len(client.channel.arena):
+        if base is not None and base <= address < base + len(dev.client.channel.arena):
             return "device", dev
     return "host", None
 
@@ -471,7 +507,8 @@ def cudaFreeAsync(ptr, stream) -> None:
 def cudaHostAlloc(ptr, size: int, flags: int) -> None:
     dev = device()
     buffer = dev.allocate_host(max(size, 1))
-    address = dev.client._arena_address + buffer.offset
+    alias = _alias(dev)
+    address = (dev.client._arena_address if alias is None else alias) + buffer.offset
     S.pinned[address] = (buffer, flags)
     _out(ptr, "uintptr_t", address)
 
@@ -507,15 +544,16 @@ def cudaHostUnregister(ptr) -> None:
 
 def cudaHostGetDevicePointer(p_device, p_host, flags: int) -> None:
     address = _addr(p_host)
-    kind, dev = _locate(address, 1)
-    if kind != "pinned":
+    found = _arena_of(address)
+    if found is None:
         if any(a <= address < a + n for a, (n, _) in S.registered.items()):
             raise CudaError(Error.cudaErrorNotSupported, "kernels cannot see cudaHostRegister memory through qcuda; "
                             "allocate it with cudaHostAlloc instead")
         raise CudaError(Error.cudaErrorInvalidValue, f"0x{address:x} is not pinned host memory")
+    dev, offset = found
     if not dev.client.channel.shared_arena:
         raise CudaError(Error.cudaErrorNotSupported, f"kernels cannot see this process's memory over {dev.client.url}")
-    _out(p_device, "uintptr_t", _arena_device_base(dev) + address - dev.client._arena_address)
+    _out(p_device, "uintptr_t", _arena_device_base(dev) + offset)
 
 
 def cudaHostGetFlags(flags, p_host) -> None:
@@ -539,10 +577,10 @@ def cudaPointerGetAttributes(attributes, ptr) -> None:
             values = {"type": cudaMemoryType["cudaMemoryTypeHost"], "device": dev.ordinal, "devicePointer": address,
                       "hostPointer": host}
     elif kind == "pinned":
-        assert dev is not None
+        dev, offset = _arena_of(address)
         mapped = dev.client.channel.shared_arena  # over TCP kernels cannot see this process's memory
         values = {"type": cudaMemoryType["cudaMemoryTypeHost"], "device": dev.ordinal, "hostPointer": address,
-                  "devicePointer": _arena_device_base(dev) + address - dev.client._arena_address if mapped else 0}
+                  "devicePointer": _arena_device_base(dev) + offset if mapped else 0}
     _fill(attributes, "cudaPointerAttributes", values)
 
 
@@ -586,10 +624,10 @@ def _copy(dst: int, src: int, count: int, kind: int, stream, asynchronous: bool)
         in_place = r.kind == "pinned" and dev.client.channel.shared_arena  # read when the stream gets there
         if asynchronous and not in_place:  # CUDA: the stream's earlier work first, then the host bytes are read
             (s or dev.default_stream).synchronize()
-        dev.client.copy_htod(dst, _bytes(src, count), handle, asynchronous and in_place)
+        dev.client.copy_htod(dst, _host_view(src, count), handle, asynchronous and in_place)
     elif r.on_device:
         dev = r.dev or sdev
-        dev.client.copy_dtoh(_bytes(dst, count), src, handle, asynchronous and d.kind == "pinned")
+        dev.client.copy_dtoh(_host_view(dst, count), src, handle, asynchronous and d.kind == "pinned")
     else:
         dev = sdev
         (s or dev.default_stream).synchronize()

@@ -51,6 +51,7 @@ qcuda_variable *qcuda_find_variable(const void *host);
 void qcuda_set_error(cudaError_t code);
 const char *qcuda_library_path(void);
 void qcuda_write_stdout(const char *data, size_t size);
+void *qcuda_alias(void *mapping, size_t size, void *address);
 """
 
 INIT = """

@@ -202,6 +202,13 @@ const char *qcuda_library_path(void) {
     return dladdr((void *)qcuda_library_path, &info) && info.dli_fname != NULL ? info.dli_fname : "";
 }
 
+void *qcuda_alias(void *mapping, size_t size, void *address) {
+    /* A second mapping of the same shared pages at `address` (inside the reserved span): pinned memory then
+     * has one address on the host and on the device, as under CUDA's unified addressing. */
+    void *p = mremap(mapping, 0, size, MREMAP_MAYMOVE | MREMAP_FIXED, address);
+    return p == MAP_FAILED ? NULL : p;
+}
+
 static void reserve(uintptr_t base, size_t size) {
     void *p = mmap((void *)base, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
     if (p != MAP_FAILED && p != (void *)base) munmap(p, size); /* kernels without NOREPLACE: not ours to keep */
