@@ -36,8 +36,9 @@ class Built:
                            capture_output=True)
         return out
 
-    def ptx(self, source: str) -> bytes:
-        return self.compile(source, *PTX_FLAGS, suffix="ptx").read_bytes()
+    def ptx(self, source: str, *flags: str) -> bytes:
+        """PTX of `source`; `flags` add to the suite's code-generation flags."""
+        return self.compile(source, *PTX_FLAGS, *flags, suffix="ptx").read_bytes()
 
     def fatbin(self, source: str, *flags: str) -> bytes:
         return self.compile(source, *(flags or ("-arch=sm_90",)), suffix="fatbin").read_bytes()

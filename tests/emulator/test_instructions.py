@@ -109,6 +109,17 @@ CASES = [
                           ("b4e", ((0, 7, 6, 5), (1, 0, 7, 6), (2, 1, 0, 7), (3, 2, 1, 0))),
                           ("ecl", ((0, 1, 2, 3), (1, 1, 2, 3), (2, 2, 2, 3), (3, 3, 3, 3))),
                           ("ecr", ((0, 0, 0, 0), (0, 1, 1, 1), (0, 1, 2, 2), (0, 1, 2, 3)))]],
+    # carry chains (multi-word arithmetic): the flag passes from a .cc instruction to addc/subc/madc
+    ("add.cc.u32 %r6, %r1, %r2;\n    addc.u32 %r4, %r3, 7;", lambda x, y, z: (z + 7 + ((x + y) >> 32)) & M32),
+    ("add.cc.u32 %r6, %r1, %r2;\n    addc.cc.u32 %r7, %r1, %r3;\n    addc.u32 %r4, 0, 0;",
+     lambda x, y, z: (x + z + ((x + y) >> 32)) >> 32),
+    ("sub.cc.u32 %r6, %r1, %r2;\n    subc.u32 %r4, %r3, 0;", lambda x, y, z: (z - (x < y)) & M32),
+    ("sub.cc.s32 %r6, %r1, %r2;\n    subc.cc.u32 %r7, %r3, %r1;\n    subc.u32 %r4, 0, 0;",
+     lambda x, y, z: -int(z < x + (x < y)) & M32),
+    ("mad.lo.cc.u32 %r6, %r1, %r2, %r3;\n    madc.hi.u32 %r4, %r1, %r2, 0;",
+     lambda x, y, z: ((x * y >> 32) + (((x * y & M32) + z) >> 32)) & M32),
+    ("mad.hi.cc.s32 %r6, %r1, %r2, %r3;\n    madc.lo.cc.u32 %r7, %r1, %r2, %r1;\n    addc.u32 %r4, 0, 0;",
+     lambda x, y, z: ((x * y & M32) + x + (((s32(x) * s32(y) >> 32) & M32) + z >> 32)) >> 32),
     ("brev.b32 %r4, %r1;", lambda x, y, z: int(f"{x:032b}"[::-1], 2)),
     ("popc.b32 %r4, %r1;", lambda x, y, z: bin(x).count("1")),
 ]

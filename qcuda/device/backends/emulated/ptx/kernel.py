@@ -30,7 +30,7 @@ import numpy as np
 from .....protocol.errors import CudaError, Error
 from .frame import DTYPES, REG_DTYPES, Active, Frame, Unsupported, blend
 from .inline import expand_calls
-from .ops import Factory, decode
+from .ops import CARRY, Factory, carry_use, decode
 from .parser import Addr, Function, Instruction, Neg, PredPair, Reg, Sym, Variable, Vec
 
 MAX_BLOCK_THREADS = 1024
@@ -79,6 +79,8 @@ class Kernel:
                 self.regs[reg] = t
             else:
                 self._fail(Unsupported(f"registers of type .{t} ({reg})"))
+        if any(any(carry_use(i)) for i in fn.body if isinstance(i, Instruction)):
+            self.regs[CARRY] = "u32"
         self._symbols: dict[str, int] = {}
         self.param_layout: list[tuple[int, int]] = []
         offset = 0
@@ -374,7 +376,9 @@ def _liveness(blocks: list[_Block]) -> list[frozenset[str]]:
             base = inst.opcode.split(".")[0]
             dests = [] if base in _NO_DESTINATION else _registers(inst.operands[:1])
             sources = inst.operands if base in _NO_DESTINATION else inst.operands[1:]
-            read = _registers(sources) + ([inst.guard[0]] if inst.guard else [])
+            reads_cf, writes_cf = carry_use(inst)
+            dests += [CARRY] if writes_cf else []
+            read = _registers(sources) + ([inst.guard[0]] if inst.guard else []) + ([CARRY] if reads_cf else [])
             if inst.guard:  # a guarded write keeps the old value in some lanes: a read too
                 read += dests
             use.update(r for r in read if r not in kill)

@@ -107,7 +107,7 @@ def _arith(uf: np.ufunc):
         dt = one_type(inst, mods)
         operands(inst, 3)
         if "cc" in mods:
-            raise Unsupported(f"instruction {inst.opcode} (carry flag)")
+            return _make_carry(inst, mods)
         if "sat" in mods and dt.kind != "f":
             lo, hi = np.iinfo(dt).min, np.iinfo(dt).max
             wide = np.dtype(np.int64)
@@ -144,7 +144,7 @@ def _make_mad(inst: Instruction, mods: list[str]) -> Factory:
     if dt.kind == "f":
         return _make_fma(inst, mods)
     if "cc" in mods:
-        raise Unsupported(f"instruction {inst.opcode} (carry flag)")
+        return _make_carry(inst, mods)
     if "wide" in mods:
         wd = _wide(dt)
         return elementwise(inst, dt, lambda a, b, c: np.multiply(np.asarray(a, wd), np.asarray(b, wd)) + c,
@@ -153,6 +153,59 @@ def _make_mad(inst: Instruction, mods: list[str]) -> Factory:
         hi = _hi_fn(dt)
         return elementwise(inst, dt, lambda a, b, c: hi(a, b) + c)
     return elementwise(inst, dt, lambda a, b, c: np.multiply(a, b) + c)
+
+
+CARRY = "%cc.cf"  # the condition code's carry flag: a hidden u32 register, 0 or 1 per thread
+
+
+def carry_use(inst: Instruction) -> tuple[bool, bool]:
+    """(reads, writes) the carry flag: addc/subc/madc read it, a .cc modifier writes it."""
+    parts = inst.opcode.split(".")
+    return parts[0] in ("addc", "subc", "madc"), parts[0] in ("add", "sub", "mad", "addc", "subc", "madc") \
+        and "cc" in parts[1:]
+
+
+def _make_carry(inst: Instruction, mods: list[str]) -> Factory:
+    """Extended-precision integer arithmetic (add.cc, addc, sub.cc, subc, mad.lo/hi.cc, madc):
+    the carry (a borrow for sub) goes from one instruction to the next through CARRY, as
+    nvcc's multi-word code (double-precision trig argument reduction, 128-bit products) needs."""
+    dt = one_type(inst, mods)
+    base = inst.opcode.split(".")[0]
+    reads, writes = carry_use(inst)
+    op = base[:-1] if reads else base
+    if dt.kind not in "iu" or dt.itemsize not in (4, 8) or (op == "mad" and not {"lo", "hi"} & set(mods)):
+        raise Unsupported(f"instruction {inst.opcode}")
+    d, *srcs = operands(inst, 4 if op == "mad" else 3)
+    ut, u32 = np.dtype(UINT[dt.itemsize]), DTYPES["u32"]
+    high = _hi_fn(dt) if "hi" in mods else None
+
+    def factory(fr: Frame) -> Run:
+        gets = [fr.src(x, dt) for x in srcs]
+        _, write = fr.dst(d, dt)
+        get_cf = fr.src(Reg(CARRY), u32) if reads else None
+        write_cf = fr.dst(Reg(CARRY), u32)[1] if writes else None
+
+        def run(m):
+            vals = [np.broadcast_to(g(), (fr.n,)) for g in gets]
+            if op == "mad":
+                a, b, c = vals
+                first = high(a, b).astype(ut) if high else np.multiply(a.astype(ut), b.astype(ut))
+                x, y = first, c.astype(ut)
+            else:
+                x, y = vals[0].astype(ut), vals[1].astype(ut)
+            cin = get_cf().astype(ut) if reads else ut.type(0)
+            if op == "sub":
+                t = x - y
+                out, cf = t - cin, (x < y) | (t < cin)
+            else:
+                t = x + y
+                out = t + cin
+                cf = (t < x) | (out < t)
+            write(out.view(dt), m)
+            if write_cf is not None:
+                write_cf(cf.astype(u32), m)
+        return run
+    return factory
 
 
 def _make_fma(inst: Instruction, mods: list[str]) -> Factory:
@@ -734,6 +787,7 @@ def _make_trap(inst: Instruction, mods: list[str]) -> Factory:
 
 _MAKERS: dict[str, Callable[[Instruction, list[str]], Factory]] = {
     "add": _arith(np.add), "sub": _arith(np.subtract),
+    "addc": _make_carry, "subc": _make_carry, "madc": _make_carry,
     "mul": _make_mul, "mad": _make_mad, "fma": _make_fma, "div": _make_div, "rem": _make_rem,
     "min": _make_minmax(np.minimum, np.fmin), "max": _make_minmax(np.maximum, np.fmax),
     "abs": _make_unary(np.abs), "neg": _make_unary(np.negative),
