@@ -21,7 +21,7 @@ OUT = Path(__file__).resolve().parent.parent / "qcuda" / "library" / "interposer
 LIBRARY = "lib64/libcudart.so.13"
 VERSION_NODE = "libcudart.so.13"
 STRUCTS = ("cudaDeviceProp", "cudaPointerAttributes", "cudaFuncAttributes")
-ENUMS = ("cudaMemcpyKind", "cudaMemoryType", "cudaLimit", "cudaFuncAttribute", "cudaStreamCaptureStatus")
+ENUMS = ("cudaMemcpyKind", "cudaMemoryType", "cudaLimit", "cudaFuncAttribute", "cudaStreamCaptureStatus", "cudaFuncCache")
 DEFINES = r"cudaHostAlloc\w+"  # flag macros the implementation answers with
 # C scalar types of struct fields -> struct module codes
 SCALARS = {"char": "b", "int": "i", "unsigned int": "I", "size_t": "Q", "long": "q", "void *": "Q",

@@ -62,6 +62,15 @@ int main() {
                                    fattr.binaryVersion == 90 && fattr.ptxVersion == 90);
   EXPECT(cudaErrorInvalidResourceHandle, cudaFuncGetAttributes(&fattr, (const void *)main));
 
+  cudaFuncCache cache = cudaFuncCachePreferEqual;
+  OK(cudaDeviceGetCacheConfig(&cache));
+  CHECK("no cache preference at first", cache == cudaFuncCachePreferNone);
+  OK(cudaDeviceSetCacheConfig(cudaFuncCachePreferShared));
+  OK(cudaDeviceGetCacheConfig(&cache));
+  CHECK("the device's cache preference", cache == cudaFuncCachePreferShared);
+  OK(cudaFuncSetCacheConfig((const void *)shared_reverse, cudaFuncCachePreferL1));
+  OK(cudaDeviceSetCacheConfig(cudaFuncCachePreferNone));
+
   char bus[32];
   OK(cudaDeviceGetPCIBusId(bus, sizeof bus, 0));
   CHECK("PCI bus id form", strlen(bus) == 12 && bus[4] == ':' && bus[7] == ':' && bus[10] == '.');

@@ -32,7 +32,8 @@ from .._memory import DeviceBuffer, HostBuffer
 from .._module import Kernel, Module
 from .._stream import Event, Stream
 from ._cudart_abi import (
-    DEFINES, STRUCTS, cudaFuncAttribute, cudaLimit, cudaMemcpyKind, cudaMemoryType, cudaStreamCaptureStatus,
+    DEFINES, STRUCTS, cudaFuncAttribute, cudaFuncCache, cudaLimit, cudaMemcpyKind, cudaMemoryType,
+    cudaStreamCaptureStatus,
 )
 
 ffi = lib = None  # the library's cffi objects, set by install()
@@ -91,6 +92,7 @@ class State:
         self.alias: dict[int, int | None] = {}  # device -> where this process sees the arena at that same address
         self.launch_limits: dict[int, tuple[int, tuple[int, ...], tuple[int, ...], int]] = {}
         self.flags: dict[int, int] = {}
+        self.cache_config: dict[int, int] = {}
         self.limits: dict[tuple[int, int], int] = {}
 
     def handle(self) -> int:
@@ -291,6 +293,28 @@ def cudaFuncSetAttribute(func, attr: int, value: int) -> None:
         raise CudaError(Error.cudaErrorInvalidValue, f"{value} bytes of dynamic shared memory; the device has {optin}")
 
 
+def _cache_config(config: int) -> int:
+    if config not in cudaFuncCache.values():
+        raise CudaError(Error.cudaErrorInvalidValue, f"cache configuration {config}")
+    return config
+
+
+def cudaDeviceSetCacheConfig(config: int) -> None:
+    """A preference, as in CUDA: remembered and answered back; the split of L1 and shared memory is the device's."""
+    S.cache_config[device().ordinal] = _cache_config(config)
+
+
+def cudaDeviceGetCacheConfig(config) -> None:
+    _out(config, "int", S.cache_config.get(device().ordinal, cudaFuncCache["cudaFuncCachePreferNone"]))
+
+
+def cudaFuncSetCacheConfig(func, config: int) -> None:
+    """A preference, as in CUDA: checked and accepted."""
+    if lib.qcuda_find_function(func) == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidResourceHandle, "not a registered kernel")  # CUDA 13's answer
+    _cache_config(config)
+
+
 def cudaFuncGetAttributes(attr, func) -> None:
     """What the device's attributes say of any kernel; the kernel's own use of registers and memory is not known
     here (the protocol has no message for a function's attributes yet)."""
@@ -396,6 +420,7 @@ def cudaDeviceReset() -> None:
         S.arena_device.pop(o, None)
         S.launch_limits.pop(o, None)
         S.flags.pop(o, None)
+        S.cache_config.pop(o, None)
         for key in [k for k in S.limits if k[0] == o]:
             del S.limits[key]
 

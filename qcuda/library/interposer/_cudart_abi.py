@@ -565,4 +565,6 @@ cudaFuncAttribute: dict[str, int] = {'cudaFuncAttributeMaxDynamicSharedMemorySiz
 
 cudaStreamCaptureStatus: dict[str, int] = {'cudaStreamCaptureStatusNone': 0, 'cudaStreamCaptureStatusActive': 1, 'cudaStreamCaptureStatusInvalidated': 2}
 
+cudaFuncCache: dict[str, int] = {'cudaFuncCachePreferNone': 0, 'cudaFuncCachePreferShared': 1, 'cudaFuncCachePreferL1': 2, 'cudaFuncCachePreferEqual': 3}
+
 DEFINES: dict[str, int] = {'cudaHostAllocDefault': 0, 'cudaHostAllocPortable': 1, 'cudaHostAllocMapped': 2, 'cudaHostAllocWriteCombined': 4}

@@ -73,3 +73,6 @@ cudaError_t cudaProfilerStop(void);
 cudaError_t cudaLaunchHostFunc(cudaStream_t stream, void *fn, void *userData);
 cudaError_t cudaStreamAddCallback(cudaStream_t stream, void *callback, void *userData, unsigned int flags);
 cudaError_t cudaStreamIsCapturing(cudaStream_t stream, int *pCaptureStatus);
+cudaError_t cudaDeviceSetCacheConfig(int cacheConfig);
+cudaError_t cudaDeviceGetCacheConfig(int *pCacheConfig);
+cudaError_t cudaFuncSetCacheConfig(const void *func, int cacheConfig);
