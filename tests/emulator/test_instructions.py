@@ -169,7 +169,18 @@ FLOAT_CASES = [
     ("cvt.rzi.s32.f32 %r4, %f1;", lambda f, g: 0 if np.isnan(f) else int(np.clip(np.trunc(float(f)), -2**31, 2**31 - 1))),
     ("cvt.rmi.u32.f32 %r4, %f1;", lambda f, g: 0 if np.isnan(f) else int(np.clip(np.floor(float(f)), 0, 2**32 - 1))),
     ("cvt.sat.f32.f32 %f3, %f1;\n    mov.b32 %r4, %f3;", lambda f, g: 0.0 if np.isnan(f) else np.clip(f, 0, 1)),
+    ("add.sat.f32 %f3, %f1, %f2;\n    mov.b32 %r4, %f3;", lambda f, g: _sat(f + g)),
+    ("mul.ftz.sat.f32 %f3, %f1, %f2;\n    mov.b32 %r4, %f3;", lambda f, g: _sat(_ftz(_ftz(f) * _ftz(g)))),
+    ("add.rz.sat.f32 %f3, %f1, %f2;\n    mov.b32 %r4, %f3;",
+     lambda f, g: _sat(_directed_ref("add", "rz", [f, g], np.float32) if np.isfinite(f + g) else f + g)),
+    ("fma.rn.sat.f32 %f3, %f1, %f2, %f2;\n    mov.b32 %r4, %f3;",
+     lambda f, g: _sat(np.float32(np.float64(f) * np.float64(g) + np.float64(g)))),  # exact product: one rounding
 ]
+
+
+def _sat(x) -> np.float32:
+    """.sat: clamped to [0, 1], NaN to +0."""
+    return np.float32(0.0) if np.isnan(x) else np.clip(np.float32(x), np.float32(0), np.float32(1))
 
 
 @pytest.mark.parametrize("instruction,ref", FLOAT_CASES,
@@ -263,6 +274,9 @@ def test_directed_rounding(op, mode, ty):
     xs = [(rng.standard_normal(n) * 10.0 ** rng.integers(-5, 5, n)).astype(dt) for _ in range(3)]
     if op == "sqrt":
         xs[0] = np.abs(xs[0])
+    if op in ("add", "sub", "fma"):  # exponents far apart: a float64 sum of two floats is not exact
+        xs[1][:2] = [np.finfo(dt).tiny / 3, -np.finfo(dt).tiny / 3]
+        xs[2][:2] = xs[1][:2]
     nops = {"sqrt": 1, "fma": 3}.get(op, 2)
     ptx = directed_ptx(op, mode, ty)
     memory = DeviceMemory(1 << 24)

@@ -193,15 +193,21 @@ def step_directed(r: np.ndarray, err: np.ndarray, mode: str, finite_inputs) -> n
     return out.astype(r.dtype)
 
 
+def _narrow_sum(p: np.ndarray, c: np.ndarray, dt: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """p + c (float64) rounded once to the narrower dt, and a value with the sign of the rest. A
+    plain float64 sum is not exact when the exponents lie far apart (1 - 2^-130): round to odd."""
+    s, e = two_sum(p, c)
+    r = add_round_odd(p, c).astype(dt)
+    return r, (s - r.astype(np.float64)) + e
+
+
 def _directed_parts(base: str, dt: np.dtype, args: list) -> tuple[np.ndarray, np.ndarray]:
     """(round-to-nearest result, a value with the sign of exact - result) for one operation."""
     x = [np.asarray(v, np.float64) for v in args]
     f64 = dt == np.float64
     if base in ("add", "sub"):
         b = x[1] if base == "add" else -x[1]
-        if f64:
-            return two_sum(x[0], b)
-        exact = x[0] + b
+        return two_sum(x[0], b) if f64 else _narrow_sum(x[0], b, dt)
     elif base == "mul":
         if f64:
             return two_prod(x[0], x[1])
@@ -209,9 +215,7 @@ def _directed_parts(base: str, dt: np.dtype, args: list) -> tuple[np.ndarray, np
     elif base in ("fma", "mad"):
         if f64:
             raise Unsupported("fma.f64 with directed rounding")
-        s, e = two_sum(x[0] * x[1], x[2])
-        r = add_round_odd(x[0] * x[1], x[2]).astype(dt)
-        return r, (s - r.astype(np.float64)) + e
+        return _narrow_sum(x[0] * x[1], x[2], dt)  # the float64 product of narrow floats is exact
     elif base in ("div", "rcp"):
         num, den = (x[0], x[1]) if base == "div" else (np.ones_like(x[0]), x[0])
         r = (num / den).astype(dt)
@@ -224,8 +228,14 @@ def _directed_parts(base: str, dt: np.dtype, args: list) -> tuple[np.ndarray, np
     return r, exact - r.astype(np.float64)
 
 
+def saturate(x, dt: np.dtype):
+    """.sat on a float result: clamped to [0, 1], NaN to +0."""
+    return np.clip(np.nan_to_num(x, nan=0.0), 0, 1).astype(dt)
+
+
 def make_directed(inst: Instruction, base: str, mode: str) -> Factory:
-    dt = one_type(inst, inst.opcode.split(".")[1:])
+    mods = inst.opcode.split(".")[1:]
+    dt = one_type(inst, mods)
     if dt.kind != "f" or dt == np.float16:
         raise Unsupported(f"instruction {inst.opcode} (directed rounding)")
     nsrc = {"sqrt": 1, "rcp": 1, "fma": 3, "mad": 3}.get(base, 2)
@@ -234,5 +244,6 @@ def make_directed(inst: Instruction, base: str, mode: str) -> Factory:
     def fn(*args):
         r, err = _directed_parts(base, dt, list(args))
         finite = np.logical_and.reduce([np.isfinite(np.asarray(a)) for a in args])
-        return step_directed(r, err, mode, finite)
+        out = step_directed(r, err, mode, finite)
+        return saturate(out, dt) if "sat" in mods else out
     return elementwise(inst, dt, fn)

@@ -23,7 +23,7 @@ import numpy as np
 from .....protocol.errors import CudaError, Error
 from .frame import DTYPES, LOCAL_WINDOW, SHARED_WINDOW, SINT, UINT, WINDOW_SIZE, Active, Frame, Unsupported, blend
 from .floats import (
-    fma_f64, fma_narrow, make_cvt_packed, make_directed, make_packed, packed_type, step_directed,
+    fma_f64, fma_narrow, make_cvt_packed, make_directed, make_packed, packed_type, saturate, step_directed,
 )
 from .memops import make_atom, make_cp, make_ld, make_st
 from .parser import Imm, Instruction, PredPair, Reg, Vec
@@ -113,7 +113,7 @@ def _arith(uf: np.ufunc):
             wide = np.dtype(np.int64)
             return elementwise(inst, dt, lambda a, b: np.clip(uf(np.asarray(a, wide), np.asarray(b, wide)), lo, hi))
         if "sat" in mods:
-            return elementwise(inst, dt, lambda a, b: np.clip(np.nan_to_num(uf(a, b), nan=0.0), 0, 1).astype(dt))
+            return elementwise(inst, dt, lambda a, b: saturate(uf(a, b), dt))
         return ufunc_op(inst, dt, uf)
     return make
 
@@ -121,6 +121,8 @@ def _arith(uf: np.ufunc):
 def _make_mul(inst: Instruction, mods: list[str]) -> Factory:
     dt = one_type(inst, mods)
     operands(inst, 3)
+    if dt.kind == "f" and "sat" in mods:
+        return elementwise(inst, dt, lambda a, b: saturate(np.multiply(a, b), dt))
     if dt.kind == "f":
         return ufunc_op(inst, dt, np.multiply)
     if "wide" in mods:
@@ -217,7 +219,7 @@ def _make_fma(inst: Instruction, mods: list[str]) -> Factory:
         fn = lambda a, b, c: fma_narrow(a, b, c, dt)  # noqa: E731
     if "sat" in mods:
         base = fn
-        fn = lambda a, b, c: np.clip(np.nan_to_num(base(a, b, c), nan=0.0), 0, 1).astype(dt)  # noqa: E731
+        fn = lambda a, b, c: saturate(base(a, b, c), dt)  # noqa: E731
     return elementwise(inst, dt, fn)
 
 
@@ -681,7 +683,7 @@ def _make_cvt(inst: Instruction, mods: list[str]) -> Factory:
             fn = lambda x: np.asarray(x).astype(dt)  # noqa: E731
         if sat:
             base = fn
-            fn = lambda x: np.clip(np.nan_to_num(base(x), nan=0.0), 0, 1).astype(dt)  # noqa: E731
+            fn = lambda x: saturate(base(x), dt)  # noqa: E731
     return elementwise(inst, dt, fn, src_dts=[at])
 
 
