@@ -502,6 +502,45 @@ def test_half2_and_bfloat16(built, emu):
     np.testing.assert_array_equal(bo[n:], (back.view(np.uint32) >> 16).astype(np.uint16))
 
 
+def _f16_directed(f: np.ndarray, mode: str) -> np.ndarray:
+    """float32 -> float16 rounded toward zero (rz), down (rm) or up (rp)."""
+    h = f.astype(np.float16)
+    exact, back = f.astype(np.float64), h.astype(np.float64)
+    down = np.nextafter(h, np.float16(-np.inf))
+    up = np.nextafter(h, np.float16(np.inf))
+    if mode == "rz":
+        mode = np.where(f >= 0, "rm", "rp")
+    return np.where((mode == "rm") & (back > exact), down, np.where((mode == "rp") & (back < exact), up, h))
+
+
+def test_half_scalar_arithmetic_and_atomics(built, emu):
+    """Scalar __half: each operation rounds once to half (so numpy's float64 result rounded to
+    float16 is the reference, bit for bit: float64 holds these sums and products exactly, and a
+    quotient or root is rounded correctly twice over 53 and 11 bits); atomics on half, half2, bf16."""
+    mod = emu.load(built.ptx("halves.cu"))
+    n = 200
+    a = (rng.standard_normal(n) * 4).astype(np.float16)
+    b = (rng.standard_normal(n) * 4).astype(np.float16)
+    f = (rng.standard_normal(n) * 3).astype(np.float32)
+    a[0], b[1], b[2] = 0, a[1], 0  # x/x is NaN for 0; x == y; x/0
+    out, flags = np.zeros((n, 12), np.float16), np.zeros(n, np.uint16)
+    acc2, acc, accb = np.zeros(2, np.float16), np.zeros(1, np.float16), np.zeros(1, np.uint16)
+    emu.run(mod, "half_scalar", 2, 128, a, b, f, out, flags, acc2, acc, accb, np.int32(n))
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    h = np.float16
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expect = np.stack([
+            (x + y).astype(h), (x - y).astype(h), (x * y).astype(h), (x / y).astype(h), (x * y + 0.5).astype(h),
+            np.sqrt(np.abs(x)).astype(h), _f16_directed(f, "rz"), _f16_directed(f, "rm"), _f16_directed(f, "rp"),
+            np.trunc(f * np.float32(1000)).astype(np.float64).astype(h), np.clip((x + y).astype(h), 0, 1),
+            np.fmax(a, -b)], axis=1)
+        flag = ((x < y) | ((x >= y) << 1) | (np.isnan(x / x) << 2) | (np.trunc(x).astype(np.int64) << 3)) & 0xFFFF
+    np.testing.assert_array_equal(out.view(np.uint16), expect.view(np.uint16))
+    np.testing.assert_array_equal(flags, flag)
+    np.testing.assert_array_equal(acc2, [n, n * 0.25])  # exact partial sums: any order gives these
+    assert acc[0] == n * 0.5 and _bf16_value(accb)[0] == 2.0 * n
+
+
 def test_device_malloc_and_assert(built, emu):
     from qcuda.protocol.errors import CudaError, Error
     mod = emu.load(built.ptx("heap.cu"))

@@ -7,6 +7,8 @@ rounding, and a round-to-nearest result plus the sign of its error gives the rz/
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from .frame import DTYPES, UINT, Unsupported
@@ -118,6 +120,17 @@ def _pack(values: list, fmt: str, mode: str = "rn") -> np.ndarray:
         return halves[0]
     n = max(h.size for h in halves)
     return np.stack([np.broadcast_to(h, (n,)) for h in halves], axis=1).view(np.uint32).reshape(n)
+
+
+def half_adder(ptype: str) -> tuple[np.dtype, Callable]:
+    """(raw dtype, add on raw bits) for atom.add on .f16, .bf16, .f16x2 and .bf16x2: each lane
+    summed exactly in float64 and rounded once to its format."""
+    lanes, fmt = _PACKED.get(ptype, (1, "f16"))
+
+    def add(cur, val):
+        a, b = _unpack(cur, fmt, lanes), _unpack(val, fmt, lanes)
+        return _pack([a[k].astype(np.float64) + b[k] for k in range(lanes)], fmt)
+    return UINT[2 * lanes], add
 
 
 def make_packed(inst: Instruction, base: str, mods: list[str]) -> Factory:

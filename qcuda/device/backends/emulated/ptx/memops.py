@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from .....protocol.errors import CudaError, Error
+from .floats import half_adder
 from .frame import DTYPES, LOCAL_WINDOW, SHARED_WINDOW, WINDOW_SIZE, Frame, Unsupported
 from .parser import Addr, Imm, Instruction, Reg, Vec
 from .shapes import Factory, Run, no_op, operands, types_of
@@ -185,16 +186,19 @@ def make_atom(inst: Instruction, mods: list[str]) -> Factory:
     Lanes are grouped by memory location (shared and local addresses are per block / thread).
     Associative operations get their old values from a segmented scan in log2(lanes per
     location) steps, and CAS from one step per successful swap, so contention on one address
-    costs no per-lane loop; only inc/dec run one round per lane of the busiest location. Float
-    add is scanned in float64 in a tree order: with several lanes on one address the old values
-    and the sum may differ from a serial float32 order in the last bits.
+    costs no per-lane loop; only inc/dec and the half-precision adds (.f16, .bf16, .f16x2,
+    .bf16x2: rounded at every step) run one round per lane of the busiest location. f32/f64 add
+    is scanned in float64 in a tree order: with several lanes on one address the old values and
+    the sum may differ from a serial float32 order in the last bits.
     """
     space = next((m.removesuffix("::cta") for m in mods if m.removesuffix("::cta") in _SPACES), None)
     op = next((m for m in mods if m in _ATOM_OPS), None)
-    types = types_of(mods)
-    if op is None or len(types) != 1 or "v2" in mods or "v4" in mods or any(m.endswith("::cluster") for m in mods):
+    half = next((m for m in mods if m in ("f16", "bf16", "f16x2", "bf16x2")), None)
+    types = [np.dtype(np.uint8)] if half else types_of(mods)  # a placeholder: half_adder gives the type
+    if op is None or len(types) != 1 or "v2" in mods or "v4" in mods or any(m.endswith("::cluster") for m in mods) \
+            or (half and op != "add"):
         raise Unsupported(f"instruction {inst.opcode}")
-    dt = types[0]
+    dt, half_add = half_adder(half) if half else (types[0], None)
     ops = inst.operands
     if inst.opcode.startswith("red"):
         d, (a, *srcs) = None, ops
@@ -225,7 +229,9 @@ def make_atom(inst: Instruction, mods: list[str]) -> Factory:
             first = order[starts]
             current = load_space(fr, space, addrs[first], ids[first], dt)
             vals = [np.broadcast_to(g(), (fr.n,))[lanes[order]] for g in getters]
-            if op in _REDUCIBLE or op == "exch":
+            if half_add is not None:  # rounded at every step: lane after lane, as some serial order does
+                old, final = _serial_update(half_add, current, vals[0], starts, counts, rank)
+            elif op in _REDUCIBLE or op == "exch":
                 old, final = _scan_update(op, current, vals[0], starts, counts, rank)
             elif op == "cas":
                 old, final = _cas_update(current, vals[0], vals[1], starts, counts)

@@ -835,7 +835,7 @@ def decode(inst: Instruction) -> Factory:
     if maker is None:
         raise Unsupported(f"instruction {inst.opcode} (line {inst.line})")
     directed = _DIRECTED.intersection(parts[1:]) if parts[0] in _ROUNDED else None
-    packed = parts[0] != "cvt" and packed_type(parts[1:])
+    packed = parts[0] not in ("cvt", "atom", "red") and packed_type(parts[1:])
     try:
         if packed:
             factory = make_packed(inst, parts[0], parts[1:])
