@@ -103,6 +103,47 @@ def test_managed_struct_and_constant_variables(built, emu):
     np.testing.assert_array_equal(out, [5 + x + 2 + 100 + 3 + 4 for x in (5, 6, 7, 8)])
 
 
+def _crc_table() -> np.ndarray:
+    table = []
+    for b in range(256):
+        c = b
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        table.append(c)
+    return np.array(table, np.uint32)
+
+
+def test_constant_tables(built, emu):
+    """A __constant__ table the host fills by name, as cudaMemcpyToSymbol does, and one with
+    initial values; fma per step, so the polynomial is bit-exact against float64 rounded each step."""
+    import zlib
+    mod = emu.load(built.ptx("tables.cu"))
+    addr, size = mod.global_symbol("crc_table")
+    assert size == 1024
+    emu.memory.write(addr, _crc_table().tobytes())
+    n = 300
+    rows = rng.integers(0, 256, (n, 64), dtype=np.uint8)
+    x = rng.standard_normal(n).astype(np.float32)
+    crcs, px = np.zeros(n, np.uint32), np.zeros(n, np.float32)
+    emu.run(mod, "constant_tables", 3, 128, rows, crcs, x, px, np.int32(n))
+    np.testing.assert_array_equal(crcs, [zlib.crc32(r.tobytes()) for r in rows])
+    acc = np.zeros(n, np.float32)
+    for c in (0.0625, -0.125, 0.25, -0.5, 1.0):  # float64 holds acc * x + c exactly: one rounding, as fma
+        acc = (acc.astype(np.float64) * x + c).astype(np.float32)
+    np.testing.assert_array_equal(px, acc)
+
+
+@pytest.mark.parametrize("nbins", [256, 7])
+def test_shared_memory_histogram(built, emu, nbins):
+    mod = emu.load(built.ptx("tables.cu"))
+    n = 50_000
+    data = rng.integers(0, 256, n, dtype=np.uint8)
+    bins, seen = np.zeros(nbins, np.uint32), np.zeros(1, np.uint32)
+    emu.run(mod, "shared_histogram", 12, 256, data, bins, seen, np.int32(n), np.int32(nbins), shared=nbins * 4)
+    np.testing.assert_array_equal(bins, np.bincount(data.astype(np.int64) % nbins, minlength=nbins))
+    assert seen[0] == n
+
+
 def test_variable_initialised_with_an_address(built, emu):
     mod = emu.load(built.ptx("misc.cu"))
     out = np.zeros(3, np.int32)
