@@ -35,7 +35,8 @@ def _shared_expect(v: np.ndarray) -> tuple[list[int], list[int], float, float]:
     """One block's shared-memory slots after its threads' atomics (threads past n do none)."""
     w = _wide(v)
     c = v.size
-    s32 = [int((v & 0xFFFF).sum()) % 2**32, int(v.min(initial=0xFFFFFFFF)), max(0, int(v.view(np.int32).max(initial=0))),
+    s32 = [int((v & 0xFFFF).sum()) % 2**32, int(v.min(initial=0xFFFFFFFF)),
+           max(0, int(v.view(np.int32).max(initial=0))),
            c % 51, -c % 34, _and(v | np.uint32(0x10000000), 0xFFFFFFFF), _or(v & np.uint32(0x00F000F0)), _xor(v),
            int((v & 7).sum()) % 2**32]
     s64 = [int(w.sum(dtype=U64)), int(w.min(initial=U64(2**64 - 1))),

@@ -171,6 +171,9 @@ FLOAT_CASES = [
     ("cvt.sat.f32.f32 %f3, %f1;\n    mov.b32 %r4, %f3;", lambda f, g: 0.0 if np.isnan(f) else np.clip(f, 0, 1)),
     ("add.sat.f32 %f3, %f1, %f2;\n    mov.b32 %r4, %f3;", lambda f, g: _sat(f + g)),
     ("mul.ftz.sat.f32 %f3, %f1, %f2;\n    mov.b32 %r4, %f3;", lambda f, g: _sat(_ftz(_ftz(f) * _ftz(g)))),
+    # PTX: atom.add.f32 flushes subnormal inputs (the memory operand too) and results
+    ("atom.global.add.f32 %f3, [%rd7], %f1;\n    ld.global.f32 %f2, [%rd7];\n    mov.b32 %r4, %f2;",
+     lambda f, g: _ftz(_ftz(f) + _ftz(g))),
     ("add.rz.sat.f32 %f3, %f1, %f2;\n    mov.b32 %r4, %f3;",
      lambda f, g: _sat(_directed_ref("add", "rz", [f, g], np.float32) if np.isfinite(f + g) else f + g)),
     ("fma.rn.sat.f32 %f3, %f1, %f2, %f2;\n    mov.b32 %r4, %f3;",
@@ -191,6 +194,7 @@ def test_float_instruction(instruction, ref):
     g = (rng.standard_normal(n) * 100).astype(np.float32)
     f[:10] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 2.5, -3.5, 1e-20, -3e-39]
     g[:10] = [1.0, np.nan, 2.0, -0.0, 0.0, -1.0, 2.5, np.nan, 1e-20, 1.0]
+    f[10:12], g[10:12] = [1e-39, 2e-38], [1e-39, -1.5e-38]  # subnormal sums of subnormal and of normal floats
     got = _run(instruction, f.view(np.uint32), g.view(np.uint32), np.zeros(n, np.uint32))
     with np.errstate(invalid="ignore"):
         expect = [ref(x, y) for x, y in zip(f, g)]

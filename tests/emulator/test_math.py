@@ -50,7 +50,7 @@ def _inputs(dt) -> tuple[np.ndarray, np.ndarray]:
 def _check(name: str, got: np.ndarray, ref: np.ndarray, bound: int) -> None:
     err = _ulps(got, ref)
     bad = np.flatnonzero(err > bound)
-    assert bad.size == 0, f"{name}: {err.max()} ulps > {bound}, e.g. at {bad[:5]}: got {got[bad[:3]]} want {ref[bad[:3]]}"
+    assert bad.size == 0, f"{name}: {err.max()} ulps > {bound} at {bad[:5]}: got {got[bad[:3]]}, want {ref[bad[:3]]}"
 
 
 @pytest.mark.parametrize("approx", [False, True], ids=["prec", "fast-div-sqrt"])

@@ -13,7 +13,7 @@ import numpy as np
 
 from .....protocol.errors import CudaError, Error
 from .floats import half_adder
-from .frame import DTYPES, LOCAL_WINDOW, SHARED_WINDOW, WINDOW_SIZE, Frame, Unsupported
+from .frame import DTYPES, LOCAL_WINDOW, SHARED_WINDOW, WINDOW_SIZE, Frame, Unsupported, flush_subnormals
 from .parser import Addr, Imm, Instruction, Reg, Vec
 from .shapes import Factory, Run, no_op, operands, types_of
 
@@ -199,6 +199,7 @@ def make_atom(inst: Instruction, mods: list[str]) -> Factory:
             or (half and op != "add"):
         raise Unsupported(f"instruction {inst.opcode}")
     dt, half_add = half_adder(half) if half else (types[0], None)
+    ftz = op == "add" and dt == np.float32  # PTX: atom.add.f32 flushes subnormal inputs and results
     ops = inst.operands
     if inst.opcode.startswith("red"):
         d, (a, *srcs) = None, ops
@@ -229,6 +230,8 @@ def make_atom(inst: Instruction, mods: list[str]) -> Factory:
             first = order[starts]
             current = load_space(fr, space, addrs[first], ids[first], dt)
             vals = [np.broadcast_to(g(), (fr.n,))[lanes[order]] for g in getters]
+            if ftz:
+                current, vals = flush_subnormals(current), [flush_subnormals(vals[0])]
             if half_add is not None:  # rounded at every step: lane after lane, as some serial order does
                 old, final = _serial_update(half_add, current, vals[0], starts, counts, rank)
             elif op in _REDUCIBLE or op == "exch":
@@ -237,6 +240,8 @@ def make_atom(inst: Instruction, mods: list[str]) -> Factory:
                 old, final = _cas_update(current, vals[0], vals[1], starts, counts)
             else:
                 old, final = _serial_update(_ATOM_OPS[op], current, vals[0], starts, counts, rank)
+            if ftz:
+                old, final = (flush_subnormals(np.asarray(x).astype(dt)) for x in (old, final))
             store_space(fr, space, addrs[first], ids[first], np.asarray(final).astype(dt))
             if write is not None:
                 out = np.empty(addrs.size, dt)
