@@ -86,3 +86,15 @@ def test_exchange_hands_each_value_on_once(built, emu):
     slot, olds = np.full(1, 0xABCD, np.uint32), np.zeros(n, np.uint32)
     emu.run(mod, "atomic_exch_chain", (n + 255) // 256, 256, slot, olds, np.int32(n))
     np.testing.assert_array_equal(np.sort(np.r_[olds, slot]), np.sort(np.r_[np.arange(1, n + 1), 0xABCD]))
+
+
+def test_atomics_through_generic_pointers(built, emu):
+    mod = emu.load(built.ptx("atomics.cu"))
+    blocks, block = 5, 96
+    g, slot = np.zeros(1, np.uint32), np.full(1, 7, U64)
+    out, olds = np.zeros(blocks, np.uint32), np.zeros(blocks * block, U64)
+    emu.run(mod, "generic_atomics", blocks, block, g, slot, out, olds)
+    np.testing.assert_array_equal(out, np.full(blocks, block))
+    assert g[0] == blocks * block * (block - 1) // 2
+    new = (np.arange(blocks * block, dtype=U64) << U64(32)) | U64(1)
+    np.testing.assert_array_equal(np.sort(np.r_[olds, slot]), np.sort(np.r_[new, U64(7)]))

@@ -77,3 +77,20 @@ extern "C" __global__ void atomic_exch_chain(unsigned* slot, unsigned* olds, int
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) olds[i] = atomicExch(slot, (unsigned)i + 1);
 }
+
+// Atomics through generic pointers (a device function that nvcc keeps as a call cannot know the
+// space): shared counters are per block, the global one is shared by all.
+__device__ __noinline__ unsigned bump(unsigned* p, unsigned v) { return atomicAdd(p, v); }
+__device__ __noinline__ u64 swap64(u64* p, u64 v) { return atomicExch(p, v); }
+
+extern "C" __global__ void generic_atomics(unsigned* g, u64* slot, unsigned* out, u64* olds) {
+    __shared__ unsigned s;
+    if (threadIdx.x == 0) s = 0;
+    __syncthreads();
+    bump(&s, 1u);
+    bump(g, threadIdx.x);
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    olds[i] = swap64(slot, ((u64)i << 32) | 1u);
+    __syncthreads();
+    if (threadIdx.x == 0) out[blockIdx.x] = s;
+}
