@@ -137,3 +137,23 @@ def test_module_variables_are_copied_by_address(guest, ptx):
     module.unload()
     with pytest.raises(guest.CudaError):
         client.call(m.MemcpyDtoH(0, counter, 4, 0))
+
+
+@needs_nvcc
+def test_kernel_attributes_and_dynamic_shared_memory_opt_in(guest, ptx):
+    dev = guest.Device(0)
+    kernel = dev.load_module(ptx).get_kernel("reverse_dynamic")
+    attrs = kernel.attributes()
+    assert attrs["max_threads_per_block"] == 1024 and attrs["shared_size_bytes"] == 0
+    assert attrs["max_dynamic_shared_size_bytes"] == 48 << 10
+    n = 24 << 10  # 96 KiB of ints: more than a kernel may use without opting in
+    out = dev.allocate(4 * n)
+    with pytest.raises(guest.CudaError) as err:
+        kernel.launch(1, 256, out, np.int32(n), shared_mem=4 * n)
+    assert err.value.code == guest.Error.cudaErrorInvalidValue
+    kernel.set_max_dynamic_shared_memory(4 * n)
+    assert kernel.attributes()["max_dynamic_shared_size_bytes"] == 4 * n
+    kernel.launch(1, 256, out, np.int32(n), shared_mem=4 * n)
+    assert np.array_equal(out.to_numpy(np.int32), np.arange(n)[::-1])
+    with pytest.raises(guest.CudaError):
+        kernel.set_max_dynamic_shared_memory(1 << 30)

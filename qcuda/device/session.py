@@ -8,6 +8,7 @@ from a waiter thread when their fence completes: the session's loop never blocks
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import struct
 import threading
@@ -137,6 +138,7 @@ class Session:
             m.EventElapsed: self._event_elapsed, m.ModuleLoad: self._module_load,
             m.ModuleUnload: self._module_unload, m.ModuleGetFunction: self._module_get_function,
             m.ModuleGetGlobal: self._module_get_global, m.Launch: self._launch,
+            m.FuncGetAttributes: self._func_get_attributes, m.FuncSetAttribute: self._func_set_attribute,
         }
 
     # -- dispatch -------------------------------------------------------------------------
@@ -458,6 +460,13 @@ class Session:
         ptr, size = module.global_symbol(msg.name)
         self._variables.setdefault(msg.module, {})[ptr] = (size, device)
         return m.ModuleGetGlobalReply(ptr, size)
+
+    def _func_get_attributes(self, msg: m.FuncGetAttributes) -> m.Message:
+        attrs = self._functions.get(msg.function)[1].attributes()
+        return m.FuncAttributesReply(**dataclasses.asdict(attrs))
+
+    def _func_set_attribute(self, msg: m.FuncSetAttribute) -> None:
+        self._functions.get(msg.function)[1].set_attribute(msg.attribute, msg.value)
 
     def _launch(self, msg: m.Launch) -> None:
         device, fn = self._functions.get(msg.function)

@@ -11,6 +11,8 @@ from ..protocol.errors import CudaError, Error
 from ._memory import DeviceBuffer, HostBuffer
 from ._stream import _destroy
 
+FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED = 8  # cudaFuncAttributeMaxDynamicSharedMemorySize
+
 
 class Module:
     """Code loaded on one device."""
@@ -66,6 +68,16 @@ class Kernel:
         self.name = name
         self.handle = handle
         self.param_layout = layout
+
+    def attributes(self) -> dict[str, int]:
+        """cudaFuncAttributes as the device reports them (registers, static shared and local memory, limits)."""
+        reply = self.module.device.client.call(m.FuncGetAttributes(self.handle))
+        assert isinstance(reply, m.FuncAttributesReply)
+        return {name: getattr(reply, name) for name in reply._fixed}
+
+    def set_max_dynamic_shared_memory(self, nbytes: int) -> None:
+        """Opt in to more than 48 KiB of dynamic shared memory (cudaFuncAttributeMaxDynamicSharedMemorySize)."""
+        self.module.device.client.call(m.FuncSetAttribute(self.handle, FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED, nbytes))
 
     def pack(self, args) -> bytes:
         """The parameter block for `args`: buffers become pointers, numbers take the parameter's width."""

@@ -50,6 +50,8 @@ class Cmd(enum.IntEnum):
     MODULE_GET_FUNCTION = 52
     MODULE_GET_GLOBAL = 53
     LAUNCH = 54
+    FUNC_GET_ATTRIBUTES = 55
+    FUNC_SET_ATTRIBUTE = 56
     CONTROL_STATUS = 90
     CONTROL_KILL = 91
     # host -> guest, unasked
@@ -464,6 +466,28 @@ class Launch(Message):
 
 @_message
 @dataclass(frozen=True)
+class FuncGetAttributes(Message):
+    """What `cudaFuncGetAttributes` reports of a kernel: its registers, memory and limits."""
+
+    CMD = Cmd.FUNC_GET_ATTRIBUTES
+    FORMAT = "Q"
+    function: int
+
+
+@_message
+@dataclass(frozen=True)
+class FuncSetAttribute(Message):
+    """`cudaFuncSetAttribute`: `attribute` is a cudaFuncAttribute (the same numbers as CUfunction_attribute)."""
+
+    CMD = Cmd.FUNC_SET_ATTRIBUTE
+    FORMAT = "QIi"
+    function: int
+    attribute: int
+    value: int
+
+
+@_message
+@dataclass(frozen=True)
 class ControlStatus(Message):
     CMD = Cmd.CONTROL_STATUS
 
@@ -617,6 +641,19 @@ class ModuleGetFunctionReply(Reply):
 class ModuleGetGlobalReply(Reply):
     ptr: int
     size: int
+
+
+@_reply(Cmd.FUNC_GET_ATTRIBUTES, "iiiiiiii")
+@dataclass(frozen=True)
+class FuncAttributesReply(Reply):
+    max_threads_per_block: int
+    shared_size_bytes: int
+    const_size_bytes: int
+    local_size_bytes: int
+    num_regs: int
+    ptx_version: int
+    binary_version: int
+    max_dynamic_shared_size_bytes: int
 
 
 @_reply(Cmd.CONTROL_STATUS, "", "json")

@@ -33,3 +33,11 @@ extern "C" __global__ void apply(float *x, int n)
     if (i < n) x[i] = coefficients[i % 4] * x[i];
     if (i == 0) counter += 1;
 }
+
+extern "C" __global__ void reverse_dynamic(int *out, int n)
+{
+    extern __shared__ int tile[];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) tile[i] = i;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = tile[n - 1 - i];
+}

@@ -83,9 +83,34 @@ class Event(ABC):
     def destroy(self) -> None: ...
 
 
+FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED = 8  # cudaFuncAttributeMaxDynamicSharedMemorySize (= the CU_ number)
+STATIC_SHARED_LIMIT = 48 << 10  # shared memory a kernel may use without opting in to more
+
+
+@dataclass(frozen=True)
+class FunctionAttributes:
+    """cudaFuncAttributes' numbers, as the device reports them for one kernel."""
+
+    max_threads_per_block: int
+    shared_size_bytes: int
+    const_size_bytes: int
+    local_size_bytes: int
+    num_regs: int
+    ptx_version: int
+    binary_version: int
+    max_dynamic_shared_size_bytes: int
+
+
 class Function(ABC):
     name: str
     param_layout: list[tuple[int, int]]  # (offset, size) per parameter
+
+    @abstractmethod
+    def attributes(self) -> FunctionAttributes: ...
+
+    @abstractmethod
+    def set_attribute(self, attribute: int, value: int) -> None:
+        """cudaFuncSetAttribute; above 48 KiB of dynamic shared memory a launch needs this first, as on a GPU."""
 
 
 class Module(ABC):

@@ -30,7 +30,7 @@ from ...protocol._cuda_tables import DEVICE_ATTRIBUTES, ERRORS
 from ...protocol.addresses import MAX_DEVICES, arena_range, heap_range
 from ...protocol.errors import CudaError, Error
 from .base import (
-    EVENT_DISABLE_TIMING, MODULE_IMAGE, AllDone, MODULE_SOURCE, Backend, Context, DeviceInfo, Event, Fence, Function,
+    EVENT_DISABLE_TIMING, MODULE_IMAGE, AllDone, FunctionAttributes, MODULE_SOURCE, Backend, Context, DeviceInfo, Event, Fence, Function,
     Module, Stream,
 )
 from .heap import Heap
@@ -220,6 +220,16 @@ class GpuFunction(Function):
         self.handle = handle
         self.param_layout = _param_layout(handle)
         self.offsets = np.array([off for off, _ in self.param_layout], dtype=np.uint64)
+
+    def attributes(self) -> FunctionAttributes:
+        A = cu.CUfunction_attribute
+        names = ("MAX_THREADS_PER_BLOCK", "SHARED_SIZE_BYTES", "CONST_SIZE_BYTES", "LOCAL_SIZE_BYTES", "NUM_REGS",
+                 "PTX_VERSION", "BINARY_VERSION", "MAX_DYNAMIC_SHARED_SIZE_BYTES")
+        return FunctionAttributes(*(check(cu.cuFuncGetAttribute(getattr(A, f"CU_FUNC_ATTRIBUTE_{n}"), self.handle))
+                                    for n in names))
+
+    def set_attribute(self, attribute: int, value: int) -> None:
+        check(cu.cuFuncSetAttribute(self.handle, cu.CUfunction_attribute(attribute), value))
 
 
 def _param_layout(function: cu.CUfunction) -> list[tuple[int, int]]:

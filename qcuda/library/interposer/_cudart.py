@@ -282,15 +282,13 @@ __cudaLaunchKernel = cudaLaunchKernel
 
 
 def cudaFuncSetAttribute(func, attr: int, value: int) -> None:
-    """Checked and accepted: qcuda already lets a kernel use the device's opt-in shared memory."""
+    """Set on the device's kernel (the daemon holds opt-in shared memory to what the device allows)."""
     if lib.qcuda_find_function(func) == ffi.NULL:
         raise CudaError(Error.cudaErrorInvalidResourceHandle, "not a registered kernel")  # CUDA 13's answer
     if attr not in cudaFuncAttribute.values():
         raise CudaError(Error.cudaErrorInvalidValue, f"function attribute {attr}")
     dev = device()
-    optin = dev.attributes.get("cudaDevAttrMaxSharedMemoryPerBlockOptin", dev.attribute("MaxSharedMemoryPerBlock"))
-    if attr == cudaFuncAttribute["cudaFuncAttributeMaxDynamicSharedMemorySize"] and not 0 <= value <= optin:
-        raise CudaError(Error.cudaErrorInvalidValue, f"{value} bytes of dynamic shared memory; the device has {optin}")
+    dev.client.call(m.FuncSetAttribute(_kernel(_addr(func), dev).handle, attr, value))
 
 
 def _cache_config(config: int) -> int:
@@ -316,15 +314,15 @@ def cudaFuncSetCacheConfig(func, config: int) -> None:
 
 
 def cudaFuncGetAttributes(attr, func) -> None:
-    """What the device's attributes say of any kernel; the kernel's own use of registers and memory is not known
-    here (the protocol has no message for a function's attributes yet)."""
+    """The device's own answer for the kernel: registers, static shared, constant and local memory, limits."""
     dev = device()
     if lib.qcuda_find_function(func) == ffi.NULL:
         raise CudaError(Error.cudaErrorInvalidResourceHandle, "not a registered kernel")  # CUDA 13's answer
-    _kernel(_addr(func), dev)
-    major, minor = dev.compute_capability
-    values = {"maxThreadsPerBlock": dev.attribute("MaxThreadsPerBlock"), "ptxVersion": major * 10 + minor,
-              "binaryVersion": major * 10 + minor, "maxDynamicSharedSizeBytes": dev.attribute("MaxSharedMemoryPerBlock")}
+    a = _kernel(_addr(func), dev).attributes()
+    values = {"maxThreadsPerBlock": a["max_threads_per_block"], "sharedSizeBytes": a["shared_size_bytes"],
+              "constSizeBytes": a["const_size_bytes"], "localSizeBytes": a["local_size_bytes"],
+              "numRegs": a["num_regs"], "ptxVersion": a["ptx_version"], "binaryVersion": a["binary_version"],
+              "maxDynamicSharedSizeBytes": a["max_dynamic_shared_size_bytes"]}
     _fill(attr, "cudaFuncAttributes", values)
 
 

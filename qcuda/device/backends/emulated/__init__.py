@@ -16,7 +16,7 @@ import numpy as np
 from ....protocol.addresses import HEAP_STRIDE, MAX_DEVICES, arena_range, heap_range
 from ....protocol.errors import CudaError, Error
 from ..base import (
-    EVENT_DISABLE_TIMING, AllDone, MODULE_IMAGE, STREAM_NON_BLOCKING, Backend, Context, DeviceInfo, Event, Fence,
+    EVENT_DISABLE_TIMING, FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED, STATIC_SHARED_LIMIT, AllDone, FunctionAttributes, MODULE_IMAGE, STREAM_NON_BLOCKING, Backend, Context, DeviceInfo, Event, Fence,
     Function, Module, Stream,
 )
 from .memory import DeviceMemory
@@ -199,9 +199,12 @@ class EmulatedStream(Stream):
         self.enqueue(lambda: target.fill(fill), small=element_size * count <= INLINE_BYTES)
 
     def launch(self, function: Function, grid, block, shared_bytes: int, params: bytes) -> None:
-        kernel = getattr(function, "kernel", None)
-        if kernel is None:
+        if not isinstance(function, EmulatedFunction):
             raise CudaError(Error.cudaErrorInvalidResourceHandle, "not a function of this device")
+        if shared_bytes > function.max_dynamic_shared:
+            raise CudaError(Error.cudaErrorInvalidValue, f"{shared_bytes} bytes of dynamic shared memory; above "
+                            f"{function.max_dynamic_shared} the kernel must opt in with cudaFuncSetAttribute")
+        kernel = function.kernel
         self.enqueue(lambda: kernel.launch(tuple(grid), tuple(block), shared_bytes, params))
 
     def record(self, event: Event) -> None:
@@ -234,6 +237,19 @@ class EmulatedFunction(Function):
         self.kernel = kernel
         self.name = kernel.name
         self.param_layout = list(kernel.param_layout)
+        self.max_dynamic_shared = max(0, STATIC_SHARED_LIMIT - kernel.static_shared)
+
+    def attributes(self) -> FunctionAttributes:
+        return FunctionAttributes(self.kernel.max_threads, self.kernel.static_shared, 0, self.kernel.local_size,
+                                  len(self.kernel.regs), 90, 90, self.max_dynamic_shared)
+
+    def set_attribute(self, attribute: int, value: int) -> None:
+        if attribute == FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED:
+            optin = _ATTRIBUTES["cudaDevAttrMaxSharedMemoryPerBlockOptin"]
+            if not 0 <= value <= optin - self.kernel.static_shared:
+                raise CudaError(Error.cudaErrorInvalidValue, f"{value} bytes of dynamic shared memory; the kernel "
+                                f"may have {optin - self.kernel.static_shared}")
+            self.max_dynamic_shared = value
 
 
 class EmulatedModule(Module):
