@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import resources
 
@@ -181,13 +183,16 @@ class LocalDaemon:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "LocalDaemon":
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="qcuda-daemon-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "qcuda", "serve", "--listen", str(self.url)], stdin=subprocess.DEVNULL
+            [sys.executable, "-m", "qcuda", "serve", "--listen", str(self.url)], stdin=subprocess.DEVNULL,
+            stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 120
         while not _reachable(self.url):
             if self.process.poll() is not None:
-                raise click.ClickException(f"the local daemon exited with status {self.process.returncode}")
+                raise click.ClickException(f"the local daemon exited with status {self.process.returncode}: "
+                                           f"{open(self.log.name).read().strip()}")
             if time.monotonic() > deadline:
                 raise click.ClickException("the local daemon did not start within 120 s")
             time.sleep(0.05)
@@ -200,6 +205,11 @@ class LocalDaemon:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self.log.close()
+        if exc[0] is None:
+            os.unlink(self.log.name)
+        else:
+            click.echo(f"qcuda: the local daemon's log is in {self.log.name}", err=True)
 
 
 def with_daemon(run) -> None:
@@ -208,7 +218,8 @@ def with_daemon(run) -> None:
     if os.environ.get("QCUDA_DEVICE") or _reachable(url):
         run()
         return
-    click.echo("qcuda: no daemon running; starting a local one", err=True)
+    click.echo("qcuda: no daemon running; starting a local one (GPU if there is one, else the emulated device)",
+               err=True)
     with LocalDaemon() as local:
         os.environ["QCUDA_DEVICE"] = str(local.url)
         run()
@@ -234,8 +245,28 @@ def run(device, command) -> None:
 
 @main.command()
 def demo() -> None:
-    """Run a small CUDA program through qcuda and say what happened."""
-    with_daemon(_demo)
+    """Run a small CUDA program through qcuda and say what happened: the Python API, then an unmodified
+    nvcc-built program through `qcuda run` when nvcc is here to build it."""
+    with_daemon(lambda: (_demo(), _demo_program()))
+
+
+def _demo_program() -> None:
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        click.echo("unmodified CUDA program: skipped (no nvcc here to build qcuda/examples/saxpy.cu)")
+        return
+    source = resources.files("qcuda.examples").joinpath("saxpy.cu")
+    with tempfile.TemporaryDirectory() as tmp, resources.as_file(source) as path:
+        exe = os.path.join(tmp, "saxpy")
+        build = subprocess.run([nvcc, "-arch=sm_90", "-cudart", "shared", "-o", exe, str(path)],
+                               capture_output=True, text=True)
+        if build.returncode:
+            raise click.ClickException(f"nvcc could not build the demo program: {build.stderr.strip()}")
+        click.echo("unmodified CUDA program (nvcc -cudart shared), through qcuda run:")
+        sys.stdout.flush()
+        result = subprocess.run([sys.executable, "-m", "qcuda", "run", "--", exe])
+        if result.returncode:
+            raise click.ClickException(f"the demo program failed (exit {result.returncode})")
 
 
 def _demo() -> None:
