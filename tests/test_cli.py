@@ -21,7 +21,8 @@ def test_demo_starts_a_local_daemon_when_none_runs(runtime_dir):
     assert "device 0:" in result.stdout
     assert "correct" in result.stdout or "bit-exact" in result.stdout
     if shutil.which("nvcc"):  # the unmodified program, through the interposer
-        assert "saxpy of 1048576 floats on qcuda emulated device 0: correct (no error)" in result.stdout
+        line = next(x for x in result.stdout.splitlines() if x.startswith("saxpy of 1048576 floats on "))
+        assert line.endswith(": correct (no error)")
     assert not list((runtime_dir / "demo").glob("*.sock"))  # the local daemon cleaned up
 
 
