@@ -8,7 +8,6 @@ from a waiter thread when their fence completes: the session's loop never blocks
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import json
 import struct
 import threading
@@ -462,8 +461,7 @@ class Session:
         return m.ModuleGetGlobalReply(ptr, size)
 
     def _func_get_attributes(self, msg: m.FuncGetAttributes) -> m.Message:
-        attrs = self._functions.get(msg.function)[1].attributes()
-        return m.FuncAttributesReply(**dataclasses.asdict(attrs))
+        return self._functions.get(msg.function)[1].attributes()
 
     def _func_set_attribute(self, msg: m.FuncSetAttribute) -> None:
         self._functions.get(msg.function)[1].set_attribute(msg.attribute, msg.value)

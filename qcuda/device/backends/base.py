@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ...protocol._cuda_tables import DEVICE_ATTRIBUTES
+from ...protocol.messages import FuncAttributesReply as FunctionAttributes  # cudaFuncAttributes' numbers
 from ...protocol.messages import ModuleKind
 
 ATTRIBUTE_NAMES: dict[int, str] = {code: name for code, name in DEVICE_ATTRIBUTES}
@@ -85,20 +86,6 @@ class Event(ABC):
 
 FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED = 8  # cudaFuncAttributeMaxDynamicSharedMemorySize (= the CU_ number)
 STATIC_SHARED_LIMIT = 48 << 10  # shared memory a kernel may use without opting in to more
-
-
-@dataclass(frozen=True)
-class FunctionAttributes:
-    """cudaFuncAttributes' numbers, as the device reports them for one kernel."""
-
-    max_threads_per_block: int
-    shared_size_bytes: int
-    const_size_bytes: int
-    local_size_bytes: int
-    num_regs: int
-    ptx_version: int
-    binary_version: int
-    max_dynamic_shared_size_bytes: int
 
 
 class Function(ABC):

@@ -30,8 +30,8 @@ from ...protocol._cuda_tables import DEVICE_ATTRIBUTES, ERRORS
 from ...protocol.addresses import MAX_DEVICES, arena_range, heap_range
 from ...protocol.errors import CudaError, Error
 from .base import (
-    EVENT_DISABLE_TIMING, MODULE_IMAGE, AllDone, FunctionAttributes, MODULE_SOURCE, Backend, Context, DeviceInfo, Event, Fence, Function,
-    Module, Stream,
+    EVENT_DISABLE_TIMING, MODULE_IMAGE, MODULE_SOURCE, AllDone, Backend, Context, DeviceInfo, Event, Fence,
+    Function, FunctionAttributes, Module, Stream,
 )
 from .heap import Heap
 

@@ -16,8 +16,8 @@ import numpy as np
 from ....protocol.addresses import HEAP_STRIDE, MAX_DEVICES, arena_range, heap_range
 from ....protocol.errors import CudaError, Error
 from ..base import (
-    EVENT_DISABLE_TIMING, FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED, STATIC_SHARED_LIMIT, AllDone, FunctionAttributes, MODULE_IMAGE, STREAM_NON_BLOCKING, Backend, Context, DeviceInfo, Event, Fence,
-    Function, Module, Stream,
+    EVENT_DISABLE_TIMING, FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED, MODULE_IMAGE, STATIC_SHARED_LIMIT, STREAM_NON_BLOCKING,
+    AllDone, Backend, Context, DeviceInfo, Event, Fence, Function, FunctionAttributes, Module, Stream,
 )
 from .memory import DeviceMemory
 
