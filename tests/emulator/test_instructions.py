@@ -295,9 +295,11 @@ def test_directed_rounding(op, mode, ty):
 
 
 @pytest.mark.parametrize("mode", ["rz", "rm", "rp"])
-@pytest.mark.parametrize("src", ["f64", "s64", "u64", "s32"])
-def test_directed_conversion_to_f32(mode, src):
+@pytest.mark.parametrize("src,dst", [("f64", "f32"), ("s64", "f32"), ("u64", "f32"), ("s32", "f32"),
+                                     ("s64", "f64"), ("u64", "f64"), ("s32", "f64")])
+def test_directed_conversion(mode, src, dst):
     from fractions import Fraction
+    dt = np.dtype(np.float32 if dst == "f32" else np.float64)
     n = 64
     if src == "f64":
         x = rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, n)
@@ -312,7 +314,7 @@ def test_directed_conversion_to_f32(mode, src):
 .visible .entry k(.param .u64 p0, .param .u64 pd)
 {{
     .reg .{src} %x;
-    .reg .f32 %f;
+    .reg .{dst} %f;
     .reg .b32 %r<2>;
     .reg .b64 %rd<8>;
     mov.u32 %r1, %tid.x;
@@ -320,30 +322,30 @@ def test_directed_conversion_to_f32(mode, src):
     ld.param.u64 %rd2, [pd];
     mul.wide.u32 %rd3, %r1, {width};
     add.s64 %rd1, %rd1, %rd3;
-    mul.wide.u32 %rd4, %r1, 4;
+    mul.wide.u32 %rd4, %r1, {dt.itemsize};
     add.s64 %rd2, %rd2, %rd4;
     ld.global.{src} %x, [%rd1];
-    cvt.{mode}.f32.{src} %f, %x;
-    st.global.f32 [%rd2], %f;
+    cvt.{mode}.{dst}.{src} %f, %x;
+    st.global.{dst} [%rd2], %f;
     ret;
 }}
 """.encode()
     memory = DeviceMemory(1 << 24)
     k = Module.load(ptx, memory).functions["k"]
-    p0, pd = memory.alloc(x.nbytes), memory.alloc(4 * n)
+    p0, pd = memory.alloc(x.nbytes), memory.alloc(dt.itemsize * n)
     memory.write(p0, x.tobytes())
     k.launch((1, 1, 1), (n, 1, 1), 0, np.array([p0, pd], np.uint64).tobytes())
-    got = np.frombuffer(memory.read(pd, 4 * n), np.float32)
-    big = float(np.finfo(np.float32).max)
+    got = np.frombuffer(memory.read(pd, dt.itemsize * n), dt)
+    big = float(np.finfo(dt).max)
     for g, v in zip(got, x):
         exact = Fraction(int(v)) if src != "f64" else Fraction(float(v))
         if abs(exact) > Fraction(big):  # beyond the largest float: rz saturates, rm/rp by sign
             over = {"rz": np.copysign(big, float(exact)),
                     "rm": big if exact > 0 else -np.inf, "rp": np.inf if exact > 0 else -big}[mode]
-            assert g == np.float32(over)
+            assert g == dt.type(over)
             continue
-        down_ok = Fraction(float(g)) <= exact and Fraction(float(np.nextafter(g, np.float32(np.inf)))) > exact
-        up_ok = Fraction(float(g)) >= exact and Fraction(float(np.nextafter(g, np.float32(-np.inf)))) < exact
+        down_ok = Fraction(float(g)) <= exact and Fraction(float(np.nextafter(g, dt.type(np.inf)))) > exact
+        up_ok = Fraction(float(g)) >= exact and Fraction(float(np.nextafter(g, dt.type(-np.inf)))) < exact
         if mode == "rm":
             assert down_ok, (v, g)
         elif mode == "rp":
