@@ -233,8 +233,6 @@ def test_instruction_matches_the_gpu(instruction, floats, gpu):
 @pytest.mark.parametrize("ty", ["f32", "f64"])
 def test_rounding_matches_the_gpu(op, mode, ty, gpu):
     from test_instructions import directed_ptx
-    if op == "fma" and ty == "f64" and mode != "rn":
-        pytest.skip("refused by the emulator")
     dt = np.float32 if ty == "f32" else np.float64
     n = 256
     xs = [(rng.standard_normal(n) * 10.0 ** rng.integers(-5, 5, n)).astype(dt) for _ in range(3)]

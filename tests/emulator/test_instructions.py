@@ -271,8 +271,6 @@ def directed_ptx(op: str, mode: str, ty: str) -> bytes:
 @pytest.mark.parametrize("mode", ["rz", "rm", "rp"])
 @pytest.mark.parametrize("ty", ["f32", "f64"])
 def test_directed_rounding(op, mode, ty):
-    if op == "fma" and ty == "f64":
-        pytest.skip("fma.f64 with directed rounding is refused")
     dt = np.float32 if ty == "f32" else np.float64
     n = 64
     xs = [(rng.standard_normal(n) * 10.0 ** rng.integers(-5, 5, n)).astype(dt) for _ in range(3)]

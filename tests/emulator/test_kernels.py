@@ -453,6 +453,8 @@ def test_fma_f64_rounds_once(built, emu):
     a = rng.standard_normal(n) * 10.0 ** rng.integers(-20, 20, n)
     b = rng.standard_normal(n) * 10.0 ** rng.integers(-20, 20, n)
     c = -(a * b) * (1 + rng.standard_normal(n) * 1e-10)  # cancellation: the product's low bits matter
+    # subnormal products and results, and a factor too big for the Veltkamp split
+    a[:3], b[:3], c[:3] = [1e-160, -3e-170, 1e300], [3e-160, 7e-150, 1e8], [1e-310, 2e-318, -5e307]
     out = np.zeros(n)
     emu.run(mod, "fma_f64", 2, 256, a, b, c, out, np.int32(n))
     expect = [float(Fraction(x) * Fraction(y) + Fraction(z)) for x, y, z in zip(a, b, c)]

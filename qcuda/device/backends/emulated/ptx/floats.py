@@ -7,6 +7,8 @@ rounding, and a round-to-nearest result plus the sign of its error gives the rz/
 """
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Callable
 
 import numpy as np
@@ -58,15 +60,33 @@ def fma_narrow(a, b, c, dt: np.dtype) -> np.ndarray:
 
 
 def fma_f64(a, b, c) -> np.ndarray:
-    """Correctly rounded a*b+c in float64 (Boldo & Melquiond: emulated FMA by rounding to odd).
-    Where the product overflows the splitter or underflows, a*b+c is rounded twice instead."""
-    a, b, c = np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(c, np.float64)
+    """Correctly rounded a*b+c in float64."""
+    return _fma_f64_parts(a, b, c, want_rest=False)[0]
+
+
+def _fma_f64_parts(a, b, c, want_rest: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(a*b+c rounded to nearest, the sign of the exact value minus it, if wanted): Boldo &
+    Melquiond's emulated FMA (rounding to odd) and an exact sum of the parts. The rare lanes whose
+    product overflows the Veltkamp splitter or underflows go through exact rationals instead."""
+    a, b, c = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (a, b, c)))
     uh, ul = two_prod(a, b)
     th, tl = two_sum(c, uh)
-    exact = th + add_round_odd(tl, ul)
-    safe = (np.abs(a) < 2.0**995) & (np.abs(b) < 2.0**995) & ((np.abs(uh) > 2.0**-968) | (uh == 0))
-    safe &= np.isfinite(exact)
-    return np.where(safe, exact, uh + c)
+    r = th + add_round_odd(tl, ul)
+    rest = _sum_sign([uh, ul, c, -r]) if want_rest else None
+    safe = (np.abs(a) < 2.0**995) & (np.abs(b) < 2.0**995) & ((np.abs(uh) > 2.0**-968) | (a == 0) | (b == 0))
+    slow = np.flatnonzero(~safe & np.isfinite(a) & np.isfinite(b) & np.isfinite(c))
+    if slow.size:
+        r = np.array(r)
+        for i in slow:
+            exact = Fraction(float(a.flat[i])) * Fraction(float(b.flat[i])) + Fraction(float(c.flat[i]))
+            try:
+                r.flat[i] = float(exact)  # int / int: correctly rounded, subnormals included
+            except OverflowError:
+                r.flat[i] = math.copysign(math.inf, exact)
+            if rest is not None:
+                diff = exact - Fraction(r.flat[i]) if math.isfinite(r.flat[i]) else 0
+                rest.flat[i] = (diff > 0) - (diff < 0)
+    return r, rest
 
 
 # -- half2, bfloat16, bfloat16x2 ------------------------------------------------------------------------
@@ -206,6 +226,22 @@ def step_directed(r: np.ndarray, err: np.ndarray, mode: str, finite_inputs) -> n
     return out.astype(r.dtype)
 
 
+def _sum_sign(terms: list[np.ndarray]) -> np.ndarray:
+    """The sign of the exact sum of float64 arrays. Shewchuk's grow-expansion (each two_sum is
+    exact) leaves nonoverlapping components of increasing magnitude: the largest nonzero decides."""
+    expansion: list[np.ndarray] = []
+    for t in terms:
+        q, grown = t, []
+        for h in expansion:
+            q, low = two_sum(q, h)
+            grown.append(low)
+        expansion = grown + [q]
+    sign = np.zeros_like(expansion[0])
+    for h in reversed(expansion):
+        sign = np.where(sign == 0, np.sign(h), sign)
+    return sign
+
+
 def _narrow_sum(p: np.ndarray, c: np.ndarray, dt: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """p + c (float64) rounded once to the narrower dt, and a value with the sign of the rest. A
     plain float64 sum is not exact when the exponents lie far apart (1 - 2^-130): round to odd."""
@@ -227,7 +263,7 @@ def _directed_parts(base: str, dt: np.dtype, args: list) -> tuple[np.ndarray, np
         exact = x[0] * x[1]
     elif base in ("fma", "mad"):
         if f64:
-            raise Unsupported("fma.f64 with directed rounding")
+            return _fma_f64_parts(x[0], x[1], x[2], want_rest=True)
         return _narrow_sum(x[0] * x[1], x[2], dt)  # the float64 product of narrow floats is exact
     elif base in ("div", "rcp"):
         num, den = (x[0], x[1]) if base == "div" else (np.ones_like(x[0]), x[0])

@@ -10,8 +10,9 @@ Anything not implemented raises `Unsupported` (cudaErrorNotSupported) naming the
 never a silent wrong answer.
 
 Float arithmetic is correctly rounded, fma included, in every rounding mode (.rn, and .rz/.rm/.rp
-from the exact error of each operation; fma.f64 with .rz/.rm/.rp is refused); `.ftz` flushes
-single-precision subnormal operands and results. Deliberate approximation, a later issue:
+from the exact error of each operation); `.ftz` flushes single-precision subnormal operands and
+results; `.sat` clamps to [0, 1]. Multi-word integer arithmetic passes its carry through a hidden
+per-thread register (CARRY). Deliberate approximation, a later issue:
 `.approx` math (sin, ex2, rsqrt, ...) is computed to full precision, closer than the hardware.
 """
 from __future__ import annotations
