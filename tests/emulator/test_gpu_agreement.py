@@ -92,6 +92,19 @@ def _halves_as_floats(arrays):
     return [out.astype(np.float32), f, as_bf16(bo), as_bf16(b2)]
 
 
+def _sorted_tickets(arrays):
+    """atomic_ops: which thread drew which ticket depends on the order atomics land in."""
+    out = list(arrays)
+    out[5] = np.sort(out[5])
+    return out
+
+
+def _math_inputs(dt, n: int = 512) -> list:
+    x = (rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 3, n)).astype(dt)
+    x[:4] = [0.0, 1e30, 3.0e5, -1.5e7]
+    return [x, rng.uniform(-8, 8, n).astype(dt)]
+
+
 N = 1000
 PARAMS = struct.pack("<b7xd3ih2x", -7, 1.75, 10, -20, 30, 1234)
 # (source, kernel, grid, block, shared, args, comparison): comparison None is bit-exact; a number
@@ -164,6 +177,28 @@ CASES = [
      lambda: [f32(200, 2).astype(np.float16), f32(200, 2).astype(np.float16), np.zeros((600, 2), np.float16),
               f32(200) * 3, np.zeros(400, np.uint16), np.zeros((200, 2), np.uint16), np.int32(200)],
      (_halves_as_floats, 2e-2)),
+    ("halves.cu", "half_scalar", (2, 1, 1), (128, 1, 1), 0,
+     lambda: [(f32(200) * 4).astype(np.float16), (f32(200) * 4).astype(np.float16), f32(200) * 3,
+              np.zeros(2400, np.float16), np.zeros(200, np.uint16), np.zeros(2, np.float16),
+              np.zeros(1, np.float16), np.zeros(1, np.uint16), np.int32(200)], 2e-3),
+    ("atomics.cu", "atomic_ops", (10, 1, 1), (64, 1, 1), 0,
+     lambda: [ints(0, 2**32, 600, np.uint32),
+              np.array([0, 2**31 - 1, 2**31, 0, 0, 2**32 - 1, 0, 0, 0, 0], np.uint32),
+              np.array([0, 2**63 - 1, 0, 2**64 - 1, 0, 0, 0], np.uint64), np.zeros(1, np.float32), np.zeros(1),
+              np.zeros(600, np.uint32), np.zeros(90, np.uint32), np.zeros(80, np.uint64), np.zeros(10, np.float32),
+              np.zeros(10), np.int32(600)], (_sorted_tickets, None)),
+    ("warp.cu", "warp_match", (3, 1, 1), (96, 1, 1), 0,
+     lambda: [ints(-3, 4, 248), ints(0, 3, 248, np.int64) << 33, np.zeros(248 * 13, np.uint32), np.int32(248)], None),
+    ("coop.cu", "cg_reduce", (3, 1, 1), (128, 1, 1), 0,
+     lambda: [ints(-1000, 1000, 339), f32(339), np.zeros(1, np.int32), np.zeros(339 * 9, np.int32),
+              np.zeros(339, np.float32), np.int32(339)], None),
+    ("tables.cu", "shared_histogram", (12, 1, 1), (256, 1, 1), 7 * 4,
+     lambda: [ints(0, 256, 50_000, np.uint8), np.zeros(7, np.uint32), np.zeros(1, np.uint32), np.int32(50_000),
+              np.int32(7)], None),
+    ("math.cu", "math_f32", (4, 1, 1), (128, 1, 1), 0,
+     lambda: [*_math_inputs(np.float32), np.zeros(512 * 17, np.float32), np.int32(512)], 2e-6),
+    ("math.cu", "math_f64", (4, 1, 1), (128, 1, 1), 0,
+     lambda: [*_math_inputs(np.float64), np.zeros(512 * 11), np.int32(512)], 1e-15),
 ]
 
 
