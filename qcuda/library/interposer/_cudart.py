@@ -14,6 +14,7 @@ first launch of one of its kernels or use of one of its variables.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import io
 import os
 import struct
@@ -94,6 +95,12 @@ class State:
         self.flags: dict[int, int] = {}
         self.cache_config: dict[int, int] = {}
         self.limits: dict[tuple[int, int], int] = {}
+        self.captures: dict[int, Capture] = {}  # capturing stream handle -> its capture
+        self.captured_events: dict[int, tuple[Capture, tuple[Node, ...]]] = {}  # recorded in a capture
+        self.graphs: dict[int, Graph] = {}
+        self.graph_execs: dict[int, GraphExec] = {}
+        self.nodes: dict[int, Node] = {}
+        self.capture_ids = 0
 
     def handle(self) -> int:
         self.next_handle += 0x10
@@ -275,7 +282,13 @@ def cudaLaunchKernel(func, grid, block, args, shared: int, stream) -> None:
     params = bytearray(max((off + n for off, n in layout), default=0))
     for i, (off, n) in enumerate(layout):
         params[off:off + n] = ffi.buffer(ffi.cast("char *", args[i]), n)
-    dev.client.post(m.Launch(kernel.handle, *g, *b, shared, _wire(s), bytes(params)))
+    _submit_launch(dev, m.Launch(kernel.handle, *g, *b, shared, 0, bytes(params)), _addr(stream))
+
+
+def _submit_launch(dev: Device, launch: m.Launch, stream: int) -> None:
+    """Post `launch` on `stream`, or record it when the stream captures (arguments are taken by value now)."""
+    if not _record(stream, "kernel", lambda h: _submit_launch(dev, launch, h)):
+        dev.client.post(dataclasses.replace(launch, stream=_wire(_stream(stream)[0])))
 
 
 __cudaLaunchKernel = cudaLaunchKernel
@@ -392,6 +405,10 @@ def cudaDeviceGetAttribute(value, attr: int, ordinal: int) -> None:
 
 
 def cudaDeviceSynchronize() -> None:
+    if S.captures:  # it would wait for capturing streams: refused, and their captures are over
+        for cap in S.captures.values():
+            cap.invalidate()
+        raise CudaError(Error.cudaErrorStreamCaptureUnsupported, "cudaDeviceSynchronize while a stream captures")
     device().synchronize()
 
 
@@ -515,12 +532,14 @@ def cudaFree(ptr) -> None:
 def cudaMallocAsync(ptr, size: int, stream) -> None:
     """Allocated at once: memory that exists sooner than the stream needs it is still stream-ordered."""
     _stream(stream)
+    _refuse_if_capturing(stream)  # no allocation nodes in qcuda's graphs
     cudaMalloc(ptr, size)
 
 
 def cudaFreeAsync(ptr, stream) -> None:
     """Freed once the stream's earlier work is done (the host waits for it)."""
     s, dev = _stream(stream)
+    _refuse_if_capturing(stream)  # no allocation nodes in qcuda's graphs
     if _addr(ptr) == 0:
         return
     (s or dev.default_stream).synchronize()
@@ -632,6 +651,9 @@ def _sides(dst: int, src: int, count: int, kind: int) -> tuple[Side, Side]:
 def _copy(dst: int, src: int, count: int, kind: int, stream, asynchronous: bool) -> None:
     """One copy of any kind; `kind` cudaMemcpyDefault decides by address."""
     s, sdev = _stream(stream)
+    if _record(stream, "memcpy", lambda h: _copy(dst, src, count, kind, h, True)) if asynchronous else \
+            _refuse_if_capturing(stream):
+        return
     if count == 0:
         if kind not in (HOST_TO_HOST, HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE, DEFAULT):
             raise CudaError(Error.cudaErrorInvalidMemcpyDirection, f"cudaMemcpyKind {kind}")
@@ -671,6 +693,9 @@ def _copy2d(dst: int, dpitch: int, src: int, spitch: int, width: int, height: in
             asynchronous: bool) -> None:
     if width > dpitch or width > spitch:
         raise CudaError(Error.cudaErrorInvalidPitchValue, f"width {width}, pitches {dpitch} and {spitch}")
+    if asynchronous and _record(stream, "memcpy", lambda h: _copy2d(dst, dpitch, src, spitch, width, height, kind,
+                                                                     h, True)):
+        return
     if dpitch == spitch == width or width == 0 or height == 0:
         _copy(dst, src, width * height, kind, stream, asynchronous)
         return
@@ -736,12 +761,16 @@ def cudaMemcpyPeerAsync(dst, dst_device: int, src, src_device: int, count: int, 
     if d.client is sd.client and d.remote_ordinal == sd.remote_ordinal:
         _copy(_addr(dst), _addr(src), count, DEVICE_TO_DEVICE, stream, True)
         return
+    _refuse_if_capturing(stream)
     (s or d.default_stream).synchronize()
     cudaMemcpyPeer(dst, dst_device, src, src_device, count)
 
 
 def _memset(ptr: int, value: int, count: int, stream, asynchronous: bool) -> None:
     s, sdev = _stream(stream)
+    if _record(stream, "memset", lambda h: _memset(ptr, value, count, h, True)) if asynchronous else \
+            _refuse_if_capturing(stream):
+        return
     kind, dev = _locate(ptr, count)
     if kind != "device":
         raise CudaError(Error.cudaErrorInvalidValue, f"0x{ptr:x} is not device memory")
@@ -765,6 +794,8 @@ def _memset2d(ptr: int, pitch: int, value: int, width: int, height: int, stream,
     if width > pitch:
         raise CudaError(Error.cudaErrorInvalidValue, f"width {width} > pitch {pitch}")
     if width == 0 or height == 0:
+        return
+    if asynchronous and _record(stream, "memset", lambda h: _memset2d(ptr, pitch, value, width, height, h, True)):
         return
     if width == pitch:
         _memset(ptr, value, width * height, stream, asynchronous)
@@ -865,12 +896,6 @@ def cudaStreamDestroy(stream) -> None:
     s.destroy()
 
 
-def cudaStreamIsCapturing(stream, status) -> None:
-    """Never: qcuda does not capture graphs (cudaStreamBeginCapture says so), and libraries ask this often."""
-    _stream(stream)
-    _out(status, "int", cudaStreamCaptureStatus["cudaStreamCaptureStatusNone"])
-
-
 def cudaStreamGetFlags(stream, flags) -> None:
     s, _ = _stream(stream)
     _out(flags, "unsigned int", 0 if s is None else S.stream_info[_addr(stream)][0])
@@ -887,30 +912,61 @@ def cudaStreamGetDevice(stream, ordinal) -> None:
 
 def cudaStreamSynchronize(stream) -> None:
     s, dev = _stream(stream)
+    _refuse_if_capturing(stream)
     (s or dev.default_stream).synchronize()
 
 
 def cudaStreamQuery(stream) -> int:
     s, dev = _stream(stream)
+    _refuse_if_capturing(stream)
     return 0 if (s or dev.default_stream).query() else NOT_READY
 
 
 def cudaStreamWaitEvent(stream, event, flags: int) -> None:
     s, dev = _stream(stream)
-    (s or dev.default_stream).wait(_event(event))
+    e = _event(event)
+    h = _addr(stream)
+    captured = S.captured_events.get(_addr(event))
+    if captured is not None:  # a fork or join of a capture
+        cap, tails = captured
+        with S.lock:
+            mine = S.captures.get(h)
+            if cap.invalid:
+                raise CudaError(Error.cudaErrorStreamCaptureInvalidated, "the event's capture failed")
+            if mine is None:
+                if h in LEGACY_STREAMS:
+                    cap.invalidate()
+                    raise CudaError(Error.cudaErrorStreamCaptureImplicit, "the legacy stream cannot join a capture")
+                S.captures[h] = cap
+                cap.tails[h] = tails
+            elif mine is not cap:
+                mine.invalidate()
+                raise CudaError(Error.cudaErrorStreamCaptureMerge, "the event belongs to another capture")
+            else:
+                cap.tails[h] = tuple(dict.fromkeys(cap.tails[h] + tails))
+        return
+    _wait_event(h, e)
+
+
+def _wait_event(stream: int, e: Event) -> None:
+    if not _record(stream, "wait_event", lambda h: _wait_event(h, e)):
+        s, dev = _stream(stream)
+        (s or dev.default_stream).wait(e)
 
 
 def cudaLaunchHostFunc(stream, fn, user_data) -> None:
     """`fn(user_data)` runs in this process (qcuda's callback thread) when the stream reaches it."""
     s, dev = _stream(stream)
     host_fn = ffi.cast("void (*)(void *)", fn)
-    (s or dev.default_stream).add_callback(lambda _stream, _status: host_fn(user_data))
+    if not _record(stream, "host", lambda h: cudaLaunchHostFunc(h, fn, user_data)):
+        (s or dev.default_stream).add_callback(lambda _stream, _status: host_fn(user_data))
 
 
 def cudaStreamAddCallback(stream, callback, user_data, flags: int) -> None:
     if flags:
         raise CudaError(Error.cudaErrorInvalidValue, "cudaStreamAddCallback flags must be 0")
     s, dev = _stream(stream)
+    _refuse_if_capturing(stream)  # CUDA captures host functions only from cudaLaunchHostFunc
     host_fn = ffi.cast("void (*)(void *, int, void *)", callback)
     handle = ffi.cast("void *", _addr(stream))
     (s or dev.default_stream).add_callback(lambda _stream, status: host_fn(handle, status, user_data))
@@ -930,26 +986,53 @@ def cudaEventCreate(p_event) -> None:
 
 
 def cudaEventRecord(event, stream) -> None:
+    _record_event(event, stream, False)
+
+
+def _record_event(event, stream, external: bool) -> None:
+    """Record `event`; in a capture it marks the stream's current dependencies (a fork or join point), or with
+    cudaEventRecordExternal becomes an event-record node."""
     e = _event(event)
     s, _ = _stream(stream)
-    e.record(s)
+    cap = S.captures.get(_addr(stream))
+    if cap is not None and not external:
+        if cap.invalid:
+            raise CudaError(Error.cudaErrorStreamCaptureInvalidated, "the capture already failed")
+        S.captured_events[_addr(event)] = (cap, cap.tails[_addr(stream)])
+        return
+    S.captured_events.pop(_addr(event), None)
+    _event_record_node(_addr(stream), e)
+
+
+def _event_record_node(stream: int, e: Event) -> None:
+    if not _record(stream, "event_record", lambda h: _event_record_node(h, e)):
+        e.record(_stream(stream)[0])
 
 
 def cudaEventRecordWithFlags(event, stream, flags: int) -> None:
     if flags & ~1:  # cudaEventRecordExternal is the one flag
         raise CudaError(Error.cudaErrorInvalidValue, f"event record flags {flags:#x}")
-    cudaEventRecord(event, stream)
+    _record_event(event, stream, bool(flags & 1))
+
+
+def _uncaptured(*events) -> None:
+    for event in events:
+        if _addr(event) in S.captured_events:
+            raise CudaError(Error.cudaErrorCapturedEvent, "the event was last recorded in a capture")
 
 
 def cudaEventSynchronize(event) -> None:
+    _uncaptured(event)
     _event(event).synchronize()
 
 
 def cudaEventQuery(event) -> int:
+    _uncaptured(event)
     return 0 if _event(event).query() else NOT_READY
 
 
 def cudaEventElapsedTime(ms, start, end) -> None:
+    _uncaptured(start, end)
     _out(ms, "float", _event(start).elapsed_ms(_event(end)))
 
 
@@ -958,6 +1041,284 @@ def cudaEventDestroy(event) -> None:
     if e is None:
         raise CudaError(Error.cudaErrorInvalidResourceHandle, "not an event of this process")
     e.destroy()
+
+
+# ---- graphs captured from streams ---------------------------------------------------------------
+# While a stream captures, the work put on it is recorded as graph nodes instead of sent: each node
+# holds a replay (a function of the stream handle a launch puts it on) and the nodes it depends on.
+# A launch replays the nodes in the order they were captured, on the launch stream: that order is a
+# topological order of the dependencies, so running them one after another honours every one.
+CAPTURE_GLOBAL, CAPTURE_THREAD_LOCAL, CAPTURE_RELAXED = 0, 1, 2
+NODE_TYPES = {"kernel": 0, "memcpy": 1, "memset": 2, "host": 3, "graph": 4, "empty": 5, "wait_event": 6,
+              "event_record": 7}
+INSTANTIATE_FLAGS = 1 | 2 | 4 | 8  # auto-free on launch, upload, device launch, node priority: all accepted
+_capture_mode = threading.local()
+
+
+class Node:
+    __slots__ = ("kind", "replay", "deps", "handle")
+
+    def __init__(self, kind: str, replay: Callable[[int], None], deps: tuple["Node", ...]) -> None:
+        self.kind, self.replay, self.deps, self.handle = kind, replay, deps, S.handle()
+        S.nodes[self.handle] = self
+
+
+class Graph:
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self.handle = S.handle()
+
+
+class GraphExec:
+    def __init__(self, graph: Graph) -> None:
+        self.nodes = tuple(graph.nodes)  # later changes to the graph do not reach an instantiated one
+        self.handle = S.handle()
+        self.done: Event | None = None  # recorded at the end of each launch: the next launch waits for it
+        self.last_stream: int | None = None
+
+
+class Capture:
+    """One capture sequence: its graph, the streams that joined it, and each stream's current dependencies."""
+
+    def __init__(self, origin: int, mode: int) -> None:
+        S.capture_ids += 1
+        self.id, self.origin, self.mode = S.capture_ids, origin, mode
+        self.thread = threading.get_ident()
+        self.graph = Graph()
+        self.tails: dict[int, tuple[Node, ...]] = {origin: ()}
+        self.invalid = False
+        self.deps_out = None  # the array cudaStreamGetCaptureInfo last handed out (kept alive)
+
+    def add(self, stream: int, kind: str, replay: Callable[[int], None]) -> Node:
+        if self.invalid:
+            raise CudaError(Error.cudaErrorStreamCaptureInvalidated, "the capture already failed")
+        node = Node(kind, replay, self.tails[stream])
+        self.graph.nodes.append(node)
+        self.tails[stream] = (node,)
+        return node
+
+    def invalidate(self) -> None:
+        self.invalid = True
+
+
+def _blocking(handle: int) -> bool:
+    return not S.stream_info.get(handle, (0, 0))[0] & 1
+
+
+def _implicit_check() -> None:
+    """Work on the legacy stream would wait for every blocking stream, capturing ones too: CUDA refuses it and
+    invalidates those captures."""
+    blocked = [c for h, c in S.captures.items() if _blocking(h)]
+    if blocked:
+        for c in blocked:
+            c.invalidate()
+        raise CudaError(Error.cudaErrorStreamCaptureImplicit, "the legacy stream would wait for a capturing stream")
+
+
+def _record(stream, kind: str, replay: Callable[[int], None]) -> bool:
+    """Record `replay` as a node when `stream` captures (True); False when the work should run now."""
+    if not S.captures:
+        return False
+    h = _addr(stream)
+    if h in (0, 1):
+        _implicit_check()
+        return False
+    cap = S.captures.get(h)
+    if cap is None:
+        return False
+    with S.lock:
+        cap.add(h, kind, replay)
+    return True
+
+
+def _refuse_if_capturing(stream) -> None:
+    """A synchronising call on a capturing stream: cudaErrorStreamCaptureUnsupported, and the capture is over."""
+    if not S.captures:
+        return
+    h = _addr(stream)
+    if h in (0, 1):
+        _implicit_check()
+        return
+    cap = S.captures.get(h)
+    if cap is not None:
+        cap.invalidate()
+        raise CudaError(Error.cudaErrorStreamCaptureUnsupported, "a synchronising call on a capturing stream")
+
+
+def cudaStreamBeginCapture(stream, mode: int) -> None:
+    h = _addr(stream)
+    if h in LEGACY_STREAMS:
+        raise CudaError(Error.cudaErrorStreamCaptureUnsupported, "the legacy stream cannot capture")
+    _stream(stream)
+    if mode not in (CAPTURE_GLOBAL, CAPTURE_THREAD_LOCAL, CAPTURE_RELAXED):
+        raise CudaError(Error.cudaErrorInvalidValue, f"capture mode {mode}")
+    with S.lock:
+        if h in S.captures:
+            raise CudaError(Error.cudaErrorIllegalState, "the stream already captures")
+        S.captures[h] = Capture(h, mode)
+
+
+def cudaStreamEndCapture(stream, p_graph) -> None:
+    h = _addr(stream)
+    _stream(stream)
+    if p_graph == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "a NULL graph pointer")
+    with S.lock:
+        cap = S.captures.get(h)
+        if cap is None:
+            raise CudaError(Error.cudaErrorIllegalState, "the stream is not capturing")
+        if h != cap.origin:
+            cap.invalidate()
+            raise CudaError(Error.cudaErrorStreamCaptureUnmatched, "the capture began on another stream")
+        if cap.mode != CAPTURE_RELAXED and cap.thread != threading.get_ident():
+            raise CudaError(Error.cudaErrorStreamCaptureWrongThread, "the capture began in another thread")
+        for s in cap.tails:
+            S.captures.pop(s, None)
+        for e in [e for e, (c, _) in S.captured_events.items() if c is cap]:
+            del S.captured_events[e]
+        _out(p_graph, "uintptr_t", 0)
+        if cap.invalid:
+            raise CudaError(Error.cudaErrorStreamCaptureInvalidated, "the capture failed earlier")
+        joined, todo = set(), list(cap.tails[h])
+        while todo:
+            node = todo.pop()
+            if node.handle not in joined:
+                joined.add(node.handle)
+                todo.extend(node.deps)
+        if any(n.handle not in joined for n in cap.graph.nodes):
+            raise CudaError(Error.cudaErrorStreamCaptureUnjoined, "work forked into another stream was not joined")
+        S.graphs[cap.graph.handle] = cap.graph
+    _out(p_graph, "uintptr_t", cap.graph.handle)
+
+
+def cudaStreamIsCapturing(stream, status) -> None:
+    h = _addr(stream)
+    _stream(stream)
+    cap = S.captures.get(h)
+    if cap is None and h in (0, 1) and any(_blocking(s) for s in S.captures):
+        raise CudaError(Error.cudaErrorStreamCaptureImplicit, "the legacy stream while a blocking stream captures")
+    name = "None" if cap is None else "Invalidated" if cap.invalid else "Active"
+    _out(status, "int", cudaStreamCaptureStatus["cudaStreamCaptureStatus" + name])
+
+
+def cudaStreamGetCaptureInfo(stream, status, id_out, graph_out, deps_out, edges_out, count_out) -> None:
+    cudaStreamIsCapturing(stream, status)
+    cap = S.captures.get(_addr(stream))
+    if cap is None:
+        return
+    tails = cap.tails[_addr(stream)]
+    if id_out != ffi.NULL:
+        _out(id_out, "unsigned long long", cap.id)
+    if graph_out != ffi.NULL:
+        _out(graph_out, "uintptr_t", cap.graph.handle)
+    if deps_out != ffi.NULL:
+        cap.deps_out = (ffi.new("uintptr_t[]", [n.handle for n in tails] or [0]),
+                        ffi.new("char[]", 8 * max(len(tails), 1)))  # edge data: all default (zero)
+        _out(deps_out, "uintptr_t", _addr(cap.deps_out[0]))
+        if edges_out != ffi.NULL:
+            _out(edges_out, "uintptr_t", _addr(cap.deps_out[1]))
+    elif edges_out != ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "edge data without dependencies")
+    if count_out != ffi.NULL:
+        _out(count_out, "size_t", len(tails))
+
+
+def cudaThreadExchangeStreamCaptureMode(mode) -> None:
+    """Kept per thread and answered back; qcuda checks no call against it (see docs/interposer.md)."""
+    if mode == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "a NULL mode pointer")
+    new = ffi.cast("int *", mode)[0]
+    if new not in (CAPTURE_GLOBAL, CAPTURE_THREAD_LOCAL, CAPTURE_RELAXED):
+        raise CudaError(Error.cudaErrorInvalidValue, f"capture mode {new}")
+    ffi.cast("int *", mode)[0] = getattr(_capture_mode, "mode", CAPTURE_GLOBAL)
+    _capture_mode.mode = new
+
+
+def _graph(handle) -> Graph:
+    g = S.graphs.get(_addr(handle))
+    if g is None:
+        raise CudaError(Error.cudaErrorInvalidValue, f"graph 0x{_addr(handle):x} is not one of this process's")
+    return g
+
+
+def _graph_exec(handle) -> GraphExec:
+    g = S.graph_execs.get(_addr(handle))
+    if g is None:
+        raise CudaError(Error.cudaErrorInvalidValue, f"graph exec 0x{_addr(handle):x} is not one of this process's")
+    return g
+
+
+def cudaGraphInstantiate(p_exec, graph, flags: int) -> None:
+    g = _graph(graph)
+    if p_exec == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "a NULL graph exec pointer")
+    if flags & ~INSTANTIATE_FLAGS:
+        raise CudaError(Error.cudaErrorInvalidValue, f"instantiate flags {flags:#x}")
+    ge = GraphExec(g)
+    S.graph_execs[ge.handle] = ge
+    _out(p_exec, "uintptr_t", ge.handle)
+
+
+cudaGraphInstantiateWithFlags = cudaGraphInstantiate
+
+
+def cudaGraphUpload(graph_exec, stream) -> None:
+    """Nothing to upload ahead: the nodes travel at each launch."""
+    _graph_exec(graph_exec)
+    _stream(stream)
+
+
+def cudaGraphLaunch(graph_exec, stream) -> None:
+    """The nodes, in capture order, onto `stream`; a launch also waits for the graph's previous launch when that
+    went to another stream (CUDA orders launches of one graph exec)."""
+    ge = _graph_exec(graph_exec)
+    h = _addr(stream)
+    s, dev = _stream(stream)
+    capturing = h in S.captures
+    if not capturing and ge.done is not None and ge.last_stream != h:
+        (s or dev.default_stream).wait(ge.done)
+    for node in ge.nodes:
+        node.replay(h)
+    if not capturing and ge.nodes:
+        if ge.done is None or ge.done.device is not dev:
+            ge.done = dev.create_event(timing=False)
+        ge.done.record(s)
+        ge.last_stream = h
+
+
+def cudaGraphExecDestroy(graph_exec) -> None:
+    _graph_exec(graph_exec)
+    ge = S.graph_execs.pop(_addr(graph_exec))
+    if ge.done is not None:
+        ge.done.destroy()
+
+
+def cudaGraphDestroy(graph) -> None:
+    g = _graph(graph)
+    del S.graphs[g.handle]
+    for node in g.nodes:
+        S.nodes.pop(node.handle, None)
+
+
+def cudaGraphGetNodes(graph, nodes, count) -> None:
+    g = _graph(graph)
+    if count == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "a NULL count pointer")
+    if nodes != ffi.NULL:
+        room = ffi.cast("size_t *", count)[0]
+        out = ffi.cast("uintptr_t *", nodes)
+        for i in range(room):
+            out[i] = g.nodes[i].handle if i < len(g.nodes) else 0
+        _out(count, "size_t", min(room, len(g.nodes)))
+    else:
+        _out(count, "size_t", len(g.nodes))
+
+
+def cudaGraphNodeGetType(node, p_type) -> None:
+    n = S.nodes.get(_addr(node))
+    if n is None:
+        raise CudaError(Error.cudaErrorInvalidValue, "not a graph node of this process")
+    _out(p_type, "int", NODE_TYPES[n.kind])
 
 
 # ---- installation -------------------------------------------------------------------------------
