@@ -101,6 +101,7 @@ class State:
         self.graph_execs: dict[int, GraphExec] = {}
         self.nodes: dict[int, Node] = {}
         self.capture_ids = 0
+        self.function_attributes: dict[int, dict[str, int]] = {}  # kernel handle -> its attributes
 
     def handle(self) -> int:
         self.next_handle += 0x10
@@ -301,7 +302,9 @@ def cudaFuncSetAttribute(func, attr: int, value: int) -> None:
     if attr not in cudaFuncAttribute.values():
         raise CudaError(Error.cudaErrorInvalidValue, f"function attribute {attr}")
     dev = device()
-    dev.client.call(m.FuncSetAttribute(_kernel(_addr(func), dev).handle, attr, value))
+    kernel = _kernel(_addr(func), dev)
+    S.function_attributes.pop(kernel.handle, None)
+    dev.client.call(m.FuncSetAttribute(kernel.handle, attr, value))
 
 
 def _cache_config(config: int) -> int:
@@ -436,6 +439,7 @@ def cudaDeviceReset() -> None:
         S.launch_limits.pop(o, None)
         S.flags.pop(o, None)
         S.cache_config.pop(o, None)
+        S.function_attributes.clear()
         for key in [k for k in S.limits if k[0] == o]:
             del S.limits[key]
 
@@ -1319,6 +1323,78 @@ def cudaGraphNodeGetType(node, p_type) -> None:
     if n is None:
         raise CudaError(Error.cudaErrorInvalidValue, "not a graph node of this process")
     _out(p_type, "int", NODE_TYPES[n.kind])
+
+
+# ---- occupancy ----------------------------------------------------------------------------------
+# The standard calculation (as CUDA's cuda_occupancy.h does it for sm_90): resident blocks per SM are
+# the least of what warps, the block limit, registers and shared memory allow. Registers are allocated
+# per warp in units of 256 out of four equal partitions of the SM's file; shared memory per block is
+# the kernel's static plus dynamic plus the device's per-block reservation, in units of 128 bytes.
+REG_ALLOCATION_UNIT, REG_PARTITIONS, MAX_REGS_PER_THREAD, SHARED_ALLOCATION_UNIT = 256, 4, 255, 128
+OCCUPANCY_FLAGS = 1  # cudaOccupancyDisableCachingOverride
+
+
+def _function_attributes(func, dev: Device) -> dict[str, int]:
+    """The kernel's attributes, read once per kernel (cudaFuncSetAttribute forgets them)."""
+    if lib.qcuda_find_function(func) == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidResourceHandle, "not a registered kernel")  # as cudaFuncGetAttributes
+    kernel = _kernel(_addr(func), dev)
+    found = S.function_attributes.get(kernel.handle)
+    if found is None:
+        found = S.function_attributes[kernel.handle] = kernel.attributes()
+    return found
+
+
+def _blocks_per_sm(dev: Device, fa: dict[str, int], block: int, dynamic: int) -> int:
+    a = dev.attributes
+    warp = a["cudaDevAttrWarpSize"]
+    if block < 1 or block > fa["max_threads_per_block"] or dynamic > fa["max_dynamic_shared_size_bytes"]:
+        return 0
+    warps = -(-block // warp)
+    by_warps = a["cudaDevAttrMaxThreadsPerMultiProcessor"] // warp // warps
+    by_blocks = a["cudaDevAttrMaxBlocksPerMultiprocessor"]
+    regs = min(fa["num_regs"], MAX_REGS_PER_THREAD)  # the emulator counts PTX registers; ptxas caps them so
+    if regs:
+        per_warp = -(-regs * warp // REG_ALLOCATION_UNIT) * REG_ALLOCATION_UNIT
+        partition = a["cudaDevAttrMaxRegistersPerMultiprocessor"] // REG_PARTITIONS
+        by_regs = partition // per_warp * REG_PARTITIONS // warps
+        if per_warp * warps > a["cudaDevAttrMaxRegistersPerBlock"]:
+            by_regs = 0
+    else:
+        by_regs = by_blocks
+    shared = fa["shared_size_bytes"] + dynamic + a.get("cudaDevAttrReservedSharedMemoryPerBlock", 0)
+    shared = -(-shared // SHARED_ALLOCATION_UNIT) * SHARED_ALLOCATION_UNIT
+    by_shared = a["cudaDevAttrMaxSharedMemoryPerMultiprocessor"] // shared if shared else by_blocks
+    return max(0, min(by_warps, by_blocks, by_regs, by_shared))
+
+
+def cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(num_blocks, func, block: int, dynamic: int,
+                                                           flags: int) -> None:
+    if num_blocks == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "a NULL result pointer")
+    if flags & ~OCCUPANCY_FLAGS:
+        raise CudaError(Error.cudaErrorInvalidValue, f"occupancy flags {flags:#x}")
+    dev = device()
+    _out(num_blocks, "int", _blocks_per_sm(dev, _function_attributes(func, dev), block, dynamic))
+
+
+def cudaOccupancyMaxActiveBlocksPerMultiprocessor(num_blocks, func, block: int, dynamic: int) -> None:
+    cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(num_blocks, func, block, dynamic, 0)
+
+
+def cudaOccupancyAvailableDynamicSMemPerBlock(size, func, num_blocks: int, block: int) -> None:
+    """The most dynamic shared memory a block may have for `num_blocks` blocks to fit on an SM (at most what the
+    kernel may have now: its cudaFuncAttributeMaxDynamicSharedMemorySize)."""
+    dev = device()
+    fa = _function_attributes(func, dev)
+    a = dev.attributes
+    if num_blocks < 1 or _blocks_per_sm(dev, fa, block, 0) < num_blocks:
+        _out(size, "size_t", 0)
+        return
+    per_block = a["cudaDevAttrMaxSharedMemoryPerMultiprocessor"] // num_blocks
+    per_block = per_block // SHARED_ALLOCATION_UNIT * SHARED_ALLOCATION_UNIT
+    room = per_block - fa["shared_size_bytes"] - a.get("cudaDevAttrReservedSharedMemoryPerBlock", 0)
+    _out(size, "size_t", max(0, min(room, fa["max_dynamic_shared_size_bytes"])))
 
 
 # ---- installation -------------------------------------------------------------------------------

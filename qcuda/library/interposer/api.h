@@ -88,3 +88,6 @@ cudaError_t cudaGraphExecDestroy(void *graphExec);
 cudaError_t cudaGraphDestroy(void *graph);
 cudaError_t cudaGraphGetNodes(void *graph, void **nodes, size_t *numNodes);
 cudaError_t cudaGraphNodeGetType(void *node, int *pType);
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, const void *func, int blockSize, size_t dynamicSMemSize);
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *numBlocks, const void *func, int blockSize, size_t dynamicSMemSize, unsigned int flags);
+cudaError_t cudaOccupancyAvailableDynamicSMemPerBlock(size_t *dynamicSmemSize, const void *func, int numBlocks, int blockSize);
