@@ -21,7 +21,8 @@ OUT = Path(__file__).resolve().parent.parent / "qcuda" / "library" / "interposer
 LIBRARY = "lib64/libcudart.so.13"
 VERSION_NODE = "libcudart.so.13"
 STRUCTS = ("cudaDeviceProp", "cudaPointerAttributes", "cudaFuncAttributes")
-ENUMS = ("cudaMemcpyKind", "cudaMemoryType", "cudaLimit", "cudaFuncAttribute", "cudaStreamCaptureStatus", "cudaFuncCache")
+ENUMS = ("cudaMemcpyKind", "cudaMemoryType", "cudaLimit", "cudaFuncAttribute", "cudaStreamCaptureStatus", "cudaFuncCache",
+         "cudaStreamCaptureMode", "cudaGraphNodeType", "cudaLaunchAttributeID", "cudaMemoryAdvise")
 DEFINES = r"cudaHostAlloc\w+"  # flag macros the implementation answers with
 # C scalar types of struct fields -> struct module codes
 SCALARS = {"char": "b", "int": "i", "unsigned int": "I", "size_t": "Q", "long": "q", "void *": "Q",
@@ -92,7 +93,7 @@ def measure(cuda_home: Path, structs: dict[str, list[tuple[str, str, int]]]) -> 
 
 
 def enum_values(header: str, name: str) -> list[tuple[str, int]]:
-    body = header[re.search(rf"enum __device_builtin__ {name}\s*\{{", header).start():]
+    body = header[re.search(rf"(?:typedef __device_builtin__ )?enum (?:__device_builtin__ )?{name}\s*\{{", header).start():]
     body = re.sub(r"/\*.*?\*/", "", body[: body.index("};")], flags=re.S)
     return [(m[1], int(m[2], 0)) for m in re.finditer(r"(\w+)\s*=\s*(0x[0-9a-fA-F]+|\d+)", body)]
 

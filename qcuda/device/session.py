@@ -136,7 +136,7 @@ class Session:
             m.EventSynchronize: self._event_synchronize, m.EventQuery: self._event_query,
             m.EventElapsed: self._event_elapsed, m.ModuleLoad: self._module_load,
             m.ModuleUnload: self._module_unload, m.ModuleGetFunction: self._module_get_function,
-            m.ModuleGetGlobal: self._module_get_global, m.Launch: self._launch,
+            m.ModuleGetGlobal: self._module_get_global, m.Launch: self._launch, m.LaunchCooperative: self._launch,
             m.FuncGetAttributes: self._func_get_attributes, m.FuncSetAttribute: self._func_set_attribute,
         }
 
@@ -475,4 +475,5 @@ class Session:
         need = max((off + size for off, size in layout), default=0)
         if len(msg.params) < need:
             raise CudaError(Error.cudaErrorInvalidValue, f"{len(msg.params)} parameter bytes, the kernel takes {need}")
-        self._stream(msg.stream, device).launch(fn, grid, block, msg.shared_bytes, msg.params)
+        self._stream(msg.stream, device).launch(fn, grid, block, msg.shared_bytes, msg.params,
+                                                isinstance(msg, m.LaunchCooperative))

@@ -52,6 +52,7 @@ class Cmd(enum.IntEnum):
     LAUNCH = 54
     FUNC_GET_ATTRIBUTES = 55
     FUNC_SET_ATTRIBUTE = 56
+    LAUNCH_COOPERATIVE = 57
     CONTROL_STATUS = 90
     CONTROL_KILL = 91
     # host -> guest, unasked
@@ -462,6 +463,15 @@ class Launch(Message):
     shared_bytes: int
     stream: int
     params: bytes
+
+
+@_message
+@dataclass(frozen=True)
+class LaunchCooperative(Launch):
+    """A `Launch` whose blocks all run at once and may synchronise as a grid (`cg::this_grid().sync()`):
+    refused with cudaErrorCooperativeLaunchTooLarge when they cannot all be resident."""
+
+    CMD = Cmd.LAUNCH_COOPERATIVE
 
 
 @_message

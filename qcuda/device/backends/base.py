@@ -130,7 +130,8 @@ class Stream(ABC):
 
     @abstractmethod
     def launch(self, function: Function, grid: tuple[int, int, int], block: tuple[int, int, int],
-               shared_bytes: int, params: bytes) -> None: ...
+               shared_bytes: int, params: bytes, cooperative: bool = False) -> None:
+        """`cooperative`: all blocks resident at once, grid-wide synchronisation allowed."""
 
     @abstractmethod
     def record(self, event: Event) -> None: ...

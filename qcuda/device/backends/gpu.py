@@ -269,14 +269,19 @@ class GpuStream(Stream):
         self._ctx.enter()
         check(fill(ptr, value & ((1 << (8 * element_size)) - 1), count, self.handle))
 
-    def launch(self, function: Function, grid, block, shared_bytes: int, params: bytes) -> None:
+    def launch(self, function: Function, grid, block, shared_bytes: int, params: bytes,
+               cooperative: bool = False) -> None:
         if not isinstance(function, GpuFunction):
             raise CudaError(Error.cudaErrorInvalidResourceHandle, "not a function of this device")
         self._ctx.enter()
         block_bytes = np.frombuffer(params, np.uint8)  # the driver copies the values before cuLaunchKernel returns
         pointers = function.offsets + np.uint64(block_bytes.ctypes.data)
         kernel_params = pointers.ctypes.data if len(pointers) else 0
-        check(cu.cuLaunchKernel(function.handle, *grid, *block, shared_bytes, self.handle, kernel_params, 0))
+        if cooperative:
+            check(cu.cuLaunchCooperativeKernel(function.handle, *grid, *block, shared_bytes, self.handle,
+                                               kernel_params))
+        else:
+            check(cu.cuLaunchKernel(function.handle, *grid, *block, shared_bytes, self.handle, kernel_params, 0))
 
     def record(self, event: Event) -> None:
         self._ctx.enter()

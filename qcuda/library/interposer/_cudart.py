@@ -33,8 +33,8 @@ from .._memory import DeviceBuffer, HostBuffer
 from .._module import Kernel, Module
 from .._stream import Event, Stream
 from ._cudart_abi import (
-    DEFINES, STRUCTS, cudaFuncAttribute, cudaFuncCache, cudaLimit, cudaMemcpyKind, cudaMemoryType,
-    cudaStreamCaptureStatus,
+    DEFINES, STRUCTS, cudaFuncAttribute, cudaFuncCache, cudaGraphNodeType, cudaLaunchAttributeID, cudaLimit,
+    cudaMemcpyKind, cudaMemoryType, cudaStreamCaptureMode, cudaStreamCaptureStatus,
 )
 
 ffi = lib = None  # the library's cffi objects, set by install()
@@ -275,15 +275,67 @@ def _check_configuration(dev: Device, grid: tuple[int, ...], block: tuple[int, .
 
 
 def cudaLaunchKernel(func, grid, block, args, shared: int, stream) -> None:
+    _launch(func, (grid.x, grid.y, grid.z), (block.x, block.y, block.z), args, shared, stream, False)
+
+
+def cudaLaunchCooperativeKernel(func, grid, block, args, shared: int, stream) -> None:
+    _launch(func, (grid.x, grid.y, grid.z), (block.x, block.y, block.z), args, shared, stream, True)
+
+
+def _launch(func, g: tuple[int, ...], b: tuple[int, ...], args, shared: int, stream, cooperative: bool) -> None:
     s, dev = _stream(stream)
     kernel = _kernel(_addr(func), dev)
-    g, b = (grid.x, grid.y, grid.z), (block.x, block.y, block.z)
     _check_configuration(dev, g, b, shared)
+    if cooperative:
+        if not dev.attributes.get("cudaDevAttrCooperativeLaunch"):
+            raise CudaError(Error.cudaErrorNotSupported, "the device does not run cooperative launches")
+        resident = _blocks_per_sm(dev, _function_attributes(func, dev), b[0] * b[1] * b[2], shared)
+        if g[0] * g[1] * g[2] > resident * dev.attributes["cudaDevAttrMultiProcessorCount"]:
+            raise CudaError(Error.cudaErrorCooperativeLaunchTooLarge,
+                            f"grid {g}: {resident} blocks per SM fit")
     layout = kernel.param_layout
     params = bytearray(max((off + n for off, n in layout), default=0))
+    if layout and args == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "no kernel arguments")
     for i, (off, n) in enumerate(layout):
         params[off:off + n] = ffi.buffer(ffi.cast("char *", args[i]), n)
-    _submit_launch(dev, m.Launch(kernel.handle, *g, *b, shared, 0, bytes(params)), _addr(stream))
+    message = m.LaunchCooperative if cooperative else m.Launch
+    _submit_launch(dev, message(kernel.handle, *g, *b, shared, 0, bytes(params)), _addr(stream))
+
+
+# cudaLaunchConfig_t and cudaLaunchAttribute (offsets measured with offsetof against CUDA 13.0's headers)
+CONFIG_FORMAT, ATTRIBUTE_SIZE, ATTRIBUTE_VALUE = "<3I3IQQQI", 72, 8
+ATTR = cudaLaunchAttributeID
+IGNORED_ATTRIBUTES = {ATTR[k] for k in (  # hints and scheduling preferences with no effect on a result
+    "cudaLaunchAttributeIgnore", "cudaLaunchAttributeAccessPolicyWindow", "cudaLaunchAttributePriority",
+    "cudaLaunchAttributeSynchronizationPolicy", "cudaLaunchAttributeClusterSchedulingPolicyPreference",
+    "cudaLaunchAttributeMemSyncDomainMap", "cudaLaunchAttributeMemSyncDomain",
+    "cudaLaunchAttributePreferredSharedMemoryCarveout", "cudaLaunchAttributeNvlinkUtilCentricScheduling",
+    "cudaLaunchAttributeProgrammaticStreamSerialization")}
+
+
+def cudaLaunchKernelExC(config, func, args) -> None:
+    """cudaLaunchKernelEx (a header template over this): the configuration struct and its attributes. Cooperative
+    launches and clusters of one block are run; priorities and the other scheduling hints are accepted."""
+    if config == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "a NULL launch configuration")
+    raw = bytes(ffi.buffer(ffi.cast("char *", config), struct.calcsize(CONFIG_FORMAT)))
+    gx, gy, gz, bx, by, bz, shared, stream, attrs, count = struct.unpack(CONFIG_FORMAT, raw)
+    if count and attrs == 0:
+        raise CudaError(Error.cudaErrorInvalidValue, "attributes announced but none given")
+    cooperative = False
+    for i in range(count):
+        base = attrs + i * ATTRIBUTE_SIZE
+        ident = struct.unpack("<i", _bytes(base, 4))[0]
+        value = _bytes(base + ATTRIBUTE_VALUE, 12)
+        if ident == ATTR["cudaLaunchAttributeCooperative"]:
+            cooperative = struct.unpack("<i", value[:4])[0] != 0
+        elif ident in (ATTR["cudaLaunchAttributeClusterDimension"], ATTR["cudaLaunchAttributePreferredClusterDimension"]):
+            if struct.unpack("<3I", value)[0:3] not in ((1, 1, 1), (0, 0, 0)):
+                raise CudaError(Error.cudaErrorNotSupported, "thread block clusters of more than one block")
+        elif ident not in IGNORED_ATTRIBUTES:
+            raise CudaError(Error.cudaErrorNotSupported, f"launch attribute {ident}")
+    _launch(func, (gx, gy, gz), (bx, by, bz), args, shared, ffi.cast("void *", stream), cooperative)
 
 
 def _submit_launch(dev: Device, launch: m.Launch, stream: int) -> None:
@@ -1052,9 +1104,11 @@ def cudaEventDestroy(event) -> None:
 # holds a replay (a function of the stream handle a launch puts it on) and the nodes it depends on.
 # A launch replays the nodes in the order they were captured, on the launch stream: that order is a
 # topological order of the dependencies, so running them one after another honours every one.
-CAPTURE_GLOBAL, CAPTURE_THREAD_LOCAL, CAPTURE_RELAXED = 0, 1, 2
-NODE_TYPES = {"kernel": 0, "memcpy": 1, "memset": 2, "host": 3, "graph": 4, "empty": 5, "wait_event": 6,
-              "event_record": 7}
+CAPTURE_GLOBAL, CAPTURE_THREAD_LOCAL, CAPTURE_RELAXED = (
+    cudaStreamCaptureMode["cudaStreamCaptureMode" + k] for k in ("Global", "ThreadLocal", "Relaxed"))
+NODE_TYPES = {kind: cudaGraphNodeType["cudaGraphNodeType" + name] for kind, name in (
+    ("kernel", "Kernel"), ("memcpy", "Memcpy"), ("memset", "Memset"), ("host", "Host"), ("wait_event", "WaitEvent"),
+    ("event_record", "EventRecord"))}
 INSTANTIATE_FLAGS = 1 | 2 | 4 | 8  # auto-free on launch, upload, device launch, node priority: all accepted
 _capture_mode = threading.local()
 

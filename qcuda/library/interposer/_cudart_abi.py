@@ -567,4 +567,12 @@ cudaStreamCaptureStatus: dict[str, int] = {'cudaStreamCaptureStatusNone': 0, 'cu
 
 cudaFuncCache: dict[str, int] = {'cudaFuncCachePreferNone': 0, 'cudaFuncCachePreferShared': 1, 'cudaFuncCachePreferL1': 2, 'cudaFuncCachePreferEqual': 3}
 
+cudaStreamCaptureMode: dict[str, int] = {'cudaStreamCaptureModeGlobal': 0, 'cudaStreamCaptureModeThreadLocal': 1, 'cudaStreamCaptureModeRelaxed': 2}
+
+cudaGraphNodeType: dict[str, int] = {'cudaGraphNodeTypeKernel': 0, 'cudaGraphNodeTypeMemcpy': 1, 'cudaGraphNodeTypeMemset': 2, 'cudaGraphNodeTypeHost': 3, 'cudaGraphNodeTypeGraph': 4, 'cudaGraphNodeTypeEmpty': 5, 'cudaGraphNodeTypeWaitEvent': 6, 'cudaGraphNodeTypeEventRecord': 7, 'cudaGraphNodeTypeExtSemaphoreSignal': 8, 'cudaGraphNodeTypeExtSemaphoreWait': 9, 'cudaGraphNodeTypeMemAlloc': 10, 'cudaGraphNodeTypeMemFree': 11, 'cudaGraphNodeTypeConditional': 13}
+
+cudaLaunchAttributeID: dict[str, int] = {'cudaLaunchAttributeIgnore': 0, 'cudaLaunchAttributeAccessPolicyWindow': 1, 'cudaLaunchAttributeCooperative': 2, 'cudaLaunchAttributeSynchronizationPolicy': 3, 'cudaLaunchAttributeClusterDimension': 4, 'cudaLaunchAttributeClusterSchedulingPolicyPreference': 5, 'cudaLaunchAttributeProgrammaticStreamSerialization': 6, 'cudaLaunchAttributeProgrammaticEvent': 7, 'cudaLaunchAttributePriority': 8, 'cudaLaunchAttributeMemSyncDomainMap': 9, 'cudaLaunchAttributeMemSyncDomain': 10, 'cudaLaunchAttributePreferredClusterDimension': 11, 'cudaLaunchAttributeLaunchCompletionEvent': 12, 'cudaLaunchAttributeDeviceUpdatableKernelNode': 13, 'cudaLaunchAttributePreferredSharedMemoryCarveout': 14, 'cudaLaunchAttributeNvlinkUtilCentricScheduling': 16, 'cudaDeviceNumaConfigNone': 0}
+
+cudaMemoryAdvise: dict[str, int] = {'cudaMemAdviseSetReadMostly': 1, 'cudaMemAdviseUnsetReadMostly': 2, 'cudaMemAdviseSetPreferredLocation': 3, 'cudaMemAdviseUnsetPreferredLocation': 4, 'cudaMemAdviseSetAccessedBy': 5, 'cudaMemAdviseUnsetAccessedBy': 6}
+
 DEFINES: dict[str, int] = {'cudaHostAllocDefault': 0, 'cudaHostAllocPortable': 1, 'cudaHostAllocMapped': 2, 'cudaHostAllocWriteCombined': 4}

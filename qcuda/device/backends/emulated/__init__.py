@@ -42,7 +42,7 @@ _ATTRIBUTES = {
     "cudaDevAttrMaxSharedMemoryPerMultiprocessor": 233472, "cudaDevAttrMaxRegistersPerMultiprocessor": 65536,
     "cudaDevAttrManagedMemory": 0, "cudaDevAttrIsMultiGpuBoard": 0, "cudaDevAttrHostNativeAtomicSupported": 0,
     "cudaDevAttrConcurrentManagedAccess": 0, "cudaDevAttrComputePreemptionSupported": 0,
-    "cudaDevAttrCanUseHostPointerForRegisteredMem": 0, "cudaDevAttrCooperativeLaunch": 0,
+    "cudaDevAttrCanUseHostPointerForRegisteredMem": 0, "cudaDevAttrCooperativeLaunch": 1,
     "cudaDevAttrMaxSharedMemoryPerBlockOptin": 232448, "cudaDevAttrMaxBlocksPerMultiprocessor": 32,
     "cudaDevAttrMemoryPoolsSupported": 0, "cudaDevAttrHostRegisterSupported": 1,
 }
@@ -198,14 +198,22 @@ class EmulatedStream(Stream):
         fill = dtype(value & ((1 << (8 * element_size)) - 1))
         self.enqueue(lambda: target.fill(fill), small=element_size * count <= INLINE_BYTES)
 
-    def launch(self, function: Function, grid, block, shared_bytes: int, params: bytes) -> None:
+    def launch(self, function: Function, grid, block, shared_bytes: int, params: bytes,
+               cooperative: bool = False) -> None:
         if not isinstance(function, EmulatedFunction):
             raise CudaError(Error.cudaErrorInvalidResourceHandle, "not a function of this device")
+        if cooperative:  # every block resident at once (the guest checks the kernel's occupancy more closely)
+            blocks, threads = grid[0] * grid[1] * grid[2], block[0] * block[1] * block[2]
+            sms = _ATTRIBUTES["cudaDevAttrMultiProcessorCount"]
+            if (blocks > sms * _ATTRIBUTES["cudaDevAttrMaxBlocksPerMultiprocessor"]
+                    or blocks * threads > sms * _ATTRIBUTES["cudaDevAttrMaxThreadsPerMultiProcessor"]):
+                raise CudaError(Error.cudaErrorCooperativeLaunchTooLarge, f"{blocks} blocks of {threads} threads "
+                                f"cannot all be resident on {sms} SMs")
         if shared_bytes > function.max_dynamic_shared:
             raise CudaError(Error.cudaErrorInvalidValue, f"{shared_bytes} bytes of dynamic shared memory; above "
                             f"{function.max_dynamic_shared} the kernel must opt in with cudaFuncSetAttribute")
         kernel = function.kernel
-        self.enqueue(lambda: kernel.launch(tuple(grid), tuple(block), shared_bytes, params))
+        self.enqueue(lambda: kernel.launch(tuple(grid), tuple(block), shared_bytes, params, cooperative))
 
     def record(self, event: Event) -> None:
         assert isinstance(event, EmulatedEvent)

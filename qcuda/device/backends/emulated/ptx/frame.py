@@ -183,6 +183,7 @@ class Frame:
             "%dynamic_smem_size": dynamic_shared, "%total_smem_size": shared_bytes,
         }
         self.uniform = {k: np.uint32(v) for k, v in uniform.items()}
+        self.envregs = (0, 0)  # %envreg1, %envreg2: a cooperative launch's grid workspace (see Kernel.launch)
 
     @property
     def nbytes(self) -> int:
@@ -277,6 +278,9 @@ class Frame:
         if u is not None:
             c = dt.type(u)
             return lambda: c
+        if name.startswith("%envreg") and name[7:].isdigit():
+            index = int(name[7:])
+            return lambda: dt.type(self.envregs[index - 1] if index in (1, 2) else 0)
         if name in ("%clock", "%clock64", "%globaltimer", "%globaltimer_lo"):
             return lambda: dt.type(time.perf_counter_ns() & ((1 << (8 * dt.itemsize)) - 1))
         raise Unsupported(f"special register {name}")

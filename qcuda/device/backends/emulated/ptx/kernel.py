@@ -208,8 +208,15 @@ class Kernel:
                             f"{self.name} takes {self.param_size} bytes of parameters, got {len(params)}")
 
     def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], shared_bytes: int,
-               params: bytes) -> None:
-        """Run the whole grid to completion; raises CudaError."""
+               params: bytes, cooperative: bool = False) -> None:
+        """Run the whole grid to completion; raises CudaError.
+
+        `cooperative`: the whole grid runs as one batch, and %envreg1/%envreg2 (the high and low halves of
+        the grid's workspace, which `cg::this_grid().sync()` counts arrivals in) point at zeroed device
+        memory; otherwise they are 0, and a grid sync traps as on a GPU. One batch is what makes a grid sync
+        work under min-PC scheduling: every block's arrival (an atomic add) runs before any block's wait
+        loop, so the wait ends at once. The caller keeps the grid small enough to be resident (CUDA's
+        cudaErrorCooperativeLaunchTooLarge)."""
         grid, block = tuple(int(g) for g in grid), tuple(int(b) for b in block)
         self._check_config(grid, block, shared_bytes, params)
         if self.error is not None:
@@ -220,6 +227,11 @@ class Kernel:
         per_thread = self._reg_bytes + self.local_size + shared / tpb + 48
         batch_threads = max(tpb, min(BATCH_THREADS, int(BATCH_BYTES // per_thread)))
         per_batch = max(1, batch_threads // tpb)
+        workspace = 0
+        if cooperative:
+            per_batch = nblocks
+            workspace = self.memory.alloc(16)
+            self.memory.view(workspace, 16)[:] = 0
         param_bytes = np.frombuffer(bytes(params[:self.param_size]) + bytes(16), dtype=np.uint8)
         frames: dict[tuple, tuple[Frame, list]] = {}
         deadline = time.monotonic() + self.time_limit if self.time_limit is not None else None
@@ -237,9 +249,12 @@ class Kernel:
                         frames[key] = cached
                     frame, bound = frames[key]
                     frame.params = param_bytes
+                    frame.envregs = (workspace >> 32, workspace & 0xFFFF_FFFF)
                     frame.start(first)
                     self._run(frame, bound, deadline)
         finally:
+            if workspace:
+                self.memory.free(workspace)
             for key, (frame, bound) in frames.items():
                 if frame.nbytes <= CACHED_FRAME_BYTES:
                     self._frames[key] = (frame, bound)
