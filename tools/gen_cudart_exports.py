@@ -23,7 +23,7 @@ VERSION_NODE = "libcudart.so.13"
 STRUCTS = ("cudaDeviceProp", "cudaPointerAttributes", "cudaFuncAttributes")
 ENUMS = ("cudaMemcpyKind", "cudaMemoryType", "cudaLimit", "cudaFuncAttribute", "cudaStreamCaptureStatus", "cudaFuncCache",
          "cudaStreamCaptureMode", "cudaGraphNodeType", "cudaLaunchAttributeID", "cudaMemoryAdvise")
-DEFINES = r"cudaHostAlloc\w+"  # flag macros the implementation answers with
+DEFINES = r"(?:cudaHostAlloc|cudaMemAttach)\w+"  # flag macros the implementation answers with
 # C scalar types of struct fields -> struct module codes
 SCALARS = {"char": "b", "int": "i", "unsigned int": "I", "size_t": "Q", "long": "q", "void *": "Q",
            "enum cudaMemoryType": "i", "cudaUUID_t": "16s"}

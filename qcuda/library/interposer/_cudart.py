@@ -14,14 +14,18 @@ first launch of one of its kernels or use of one of its variables.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import dataclasses
 import io
+import mmap
 import os
 import struct
 import sys
 import threading
 import traceback
 from typing import Callable
+
+import numpy as np
 
 from ...protocol import messages as m
 from ...protocol.addresses import RESERVED
@@ -34,7 +38,7 @@ from .._module import Kernel, Module
 from .._stream import Event, Stream
 from ._cudart_abi import (
     DEFINES, STRUCTS, cudaFuncAttribute, cudaFuncCache, cudaGraphNodeType, cudaLaunchAttributeID, cudaLimit,
-    cudaMemcpyKind, cudaMemoryType, cudaStreamCaptureMode, cudaStreamCaptureStatus,
+    cudaMemcpyKind, cudaMemoryAdvise, cudaMemoryType, cudaStreamCaptureMode, cudaStreamCaptureStatus,
 )
 
 ffi = lib = None  # the library's cffi objects, set by install()
@@ -102,6 +106,10 @@ class State:
         self.nodes: dict[int, Node] = {}
         self.capture_ids = 0
         self.function_attributes: dict[int, dict[str, int]] = {}  # kernel handle -> its attributes
+        self.managed: dict[int, Managed] = {}  # cudaMallocManaged: address -> allocation
+        self.managed_streams: dict[int, Stream] = {}
+        self.host_dirty = False  # the host may have written managed memory since the last transfer
+        self.device_touched = False  # device work ran since the last synchronisation point
 
     def handle(self) -> int:
         self.next_handle += 0x10
@@ -341,6 +349,7 @@ def cudaLaunchKernelExC(config, func, args) -> None:
 def _submit_launch(dev: Device, launch: m.Launch, stream: int) -> None:
     """Post `launch` on `stream`, or record it when the stream captures (arguments are taken by value now)."""
     if not _record(stream, "kernel", lambda h: _submit_launch(dev, launch, h)):
+        _device_work()
         dev.client.post(dataclasses.replace(launch, stream=_wire(_stream(stream)[0])))
 
 
@@ -434,7 +443,7 @@ def cudaInitDevice(ordinal: int, device_flags: int, flags: int) -> None:
 
 
 def _properties(dev: Device) -> dict:
-    attrs = dev.attributes
+    attrs = {**dev.attributes, **MANAGED_ATTRIBUTES}
     values: dict = {"name": dev.name.encode()[:255] + b"\0", "uuid": bytes.fromhex(dev.properties["uuid"]),
                     "totalGlobalMem": dev.total_memory}
     for name, _, _, count in STRUCTS["cudaDeviceProp"][1]:
@@ -456,7 +465,7 @@ def cudaDeviceGetAttribute(value, attr: int, ordinal: int) -> None:
     name = ATTRIBUTES.get(attr)
     if name is None:
         raise CudaError(Error.cudaErrorInvalidValue, f"device attribute {attr}")
-    _out(value, "int", device(ordinal).attributes.get(name, 0))
+    _out(value, "int", MANAGED_ATTRIBUTES.get(name, device(ordinal).attributes.get(name, 0)))
 
 
 def cudaDeviceSynchronize() -> None:
@@ -465,6 +474,7 @@ def cudaDeviceSynchronize() -> None:
             cap.invalidate()
         raise CudaError(Error.cudaErrorStreamCaptureUnsupported, "cudaDeviceSynchronize while a stream captures")
     device().synchronize()
+    _synchronised()
 
 
 def cudaDeviceReset() -> None:
@@ -477,6 +487,12 @@ def cudaDeviceReset() -> None:
             buffer = S.untrack(ptr)[2]
             if buffer is not None:
                 buffer._finalizer.detach()
+            mem = S.managed.pop(ptr, None)
+            if mem is not None:
+                _map(ptr, mem.length, _PROT_NONE)
+        managed_stream = S.managed_streams.pop(o, None)
+        if managed_stream is not None:
+            managed_stream._finalizer.detach()
         for table in (S.modules, S.kernels, S.symbols):
             for key in [k for k in table if k[1] == o]:
                 item = table.pop(key)
@@ -582,6 +598,10 @@ def cudaFree(ptr) -> None:
         if entry is None or entry[2] is None:
             raise CudaError(Error.cudaErrorInvalidValue, f"0x{address:x} is not a cudaMalloc allocation")
         S.untrack(address)
+        if address in S.managed:
+            device().synchronize()  # CUDA: freeing managed memory waits for the device's work
+            _free_managed(address)
+            return
     entry[2].free()
 
 
@@ -666,7 +686,10 @@ def cudaPointerGetAttributes(attributes, ptr) -> None:
     address = _addr(ptr)
     kind, dev = _locate(address, 1)
     values: dict = {"type": cudaMemoryType["cudaMemoryTypeUnregistered"], "device": -2, "hostPointer": address}
-    if kind == "device":
+    if kind == "device" and _is_managed(address):
+        values = {"type": cudaMemoryType["cudaMemoryTypeManaged"], "device": dev.ordinal, "devicePointer": address,
+                  "hostPointer": address}
+    elif kind == "device":
         assert dev is not None
         values = {"type": cudaMemoryType["cudaMemoryTypeDevice"], "device": dev.ordinal, "devicePointer": address}
         base = S.arena_device.get(dev.ordinal)
@@ -693,7 +716,9 @@ class Side:
             raise CudaError(Error.cudaErrorInvalidValue, "a NULL pointer")
         self.kind, self.dev = _locate(address, count)
         self.on_device = self.kind == "device" if kind == DEFAULT else kind in on_device_kinds
-        if self.kind == "device" and not self.on_device:
+        if self.kind == "device" and not self.on_device and _is_managed(address):
+            self.kind = "host"  # managed memory named as host memory: its host mapping, current at this point
+        elif self.kind == "device" and not self.on_device:
             raise CudaError(Error.cudaErrorInvalidValue, "a device pointer given as a host pointer")
 
 
@@ -716,6 +741,8 @@ def _copy(dst: int, src: int, count: int, kind: int, stream, asynchronous: bool)
         return
     d, r = _sides(dst, src, count, kind)
     handle = _wire(s)
+    if d.on_device or r.on_device:
+        _device_work()
     if d.on_device and r.on_device:
         dev = d.dev or sdev
         msg = m.MemcpyDtoD(dst, src, count, handle)
@@ -735,6 +762,7 @@ def _copy(dst: int, src: int, count: int, kind: int, stream, asynchronous: bool)
         ffi.memmove(ffi.cast("void *", dst), ffi.cast("void *", src), count)
     if not asynchronous:
         dev.client.raise_deferred()
+        _synchronised()
 
 
 def cudaMemcpy(dst, src, count: int, kind: int) -> None:
@@ -770,6 +798,7 @@ def _copy2d_pageable(dst: int, dpitch: int, src: int, spitch: int, width: int, h
     s, sdev = _stream(stream)
     handle = _wire(s)
     dev = (d.dev if d.on_device else r.dev) or sdev
+    _device_work()
     packed = bytearray(width * height)
     scratch = dev.allocate(width * height)
     try:
@@ -806,8 +835,10 @@ def cudaMemcpyPeer(dst, dst_device: int, src, src_device: int, count: int) -> No
         _copy(_addr(dst), _addr(src), count, DEVICE_TO_DEVICE, ffi.NULL, False)
         return
     staging = bytearray(count)
+    _device_work()
     s.client.copy_dtoh(memoryview(staging), _addr(src), 0)
     d.client.copy_htod(_addr(dst), memoryview(staging), 0)
+    _synchronised()
 
 
 def cudaMemcpyPeerAsync(dst, dst_device: int, src, src_device: int, count: int, stream) -> None:
@@ -831,9 +862,11 @@ def _memset(ptr: int, value: int, count: int, stream, asynchronous: bool) -> Non
     if kind != "device":
         raise CudaError(Error.cudaErrorInvalidValue, f"0x{ptr:x} is not device memory")
     msg = m.Memset(ptr, value & 0xFF, 1, count, _wire(s))
+    _device_work()
     dev.client.post(msg) if asynchronous else dev.client.call(msg)
     if not asynchronous:
         dev.client.raise_deferred()
+        _synchronised()
 
 
 def cudaMemset(ptr, value: int, count: int) -> None:
@@ -970,12 +1003,16 @@ def cudaStreamSynchronize(stream) -> None:
     s, dev = _stream(stream)
     _refuse_if_capturing(stream)
     (s or dev.default_stream).synchronize()
+    _synchronised()
 
 
 def cudaStreamQuery(stream) -> int:
     s, dev = _stream(stream)
     _refuse_if_capturing(stream)
-    return 0 if (s or dev.default_stream).query() else NOT_READY
+    if not (s or dev.default_stream).query():
+        return NOT_READY
+    _synchronised()
+    return 0
 
 
 def cudaStreamWaitEvent(stream, event, flags: int) -> None:
@@ -1080,11 +1117,15 @@ def _uncaptured(*events) -> None:
 def cudaEventSynchronize(event) -> None:
     _uncaptured(event)
     _event(event).synchronize()
+    _synchronised()
 
 
 def cudaEventQuery(event) -> int:
     _uncaptured(event)
-    return 0 if _event(event).query() else NOT_READY
+    if not _event(event).query():
+        return NOT_READY
+    _synchronised()
+    return 0
 
 
 def cudaEventElapsedTime(ms, start, end) -> None:
@@ -1449,6 +1490,160 @@ def cudaOccupancyAvailableDynamicSMemPerBlock(size, func, num_blocks: int, block
     per_block = per_block // SHARED_ALLOCATION_UNIT * SHARED_ALLOCATION_UNIT
     room = per_block - fa["shared_size_bytes"] - a.get("cudaDevAttrReservedSharedMemoryPerBlock", 0)
     _out(size, "size_t", max(0, min(room, fa["max_dynamic_shared_size_bytes"])))
+
+
+# ---- managed memory -----------------------------------------------------------------------------
+# cudaMallocManaged: device memory, and ordinary host memory mapped in this process at the same address
+# (over the PROT_NONE reservation of the device span), kept coherent at synchronisation points, as CUDA
+# does on a device without concurrent managed access (which is what qcuda reports):
+# - before device work (a launch, copy or memset) after a synchronisation point, the pages the host changed
+#   since then (found by comparing with a shadow of the last common contents) go to the device;
+# - after a synchronisation point that follows device work (device, stream or event synchronisation, a
+#   successful stream or event query, a synchronous copy or memset), the bytes the device changed come back.
+# The host may not touch managed memory while device work that may use it runs (CUDA's rule without
+# concurrent managed access): what it writes meanwhile may be overwritten, or overwrite the device's.
+PAGE = mmap.PAGESIZE
+MANAGED_ATTRIBUTES = {"cudaDevAttrManagedMemory": 1, "cudaDevAttrConcurrentManagedAccess": 0,
+                      "cudaDevAttrDirectManagedMemAccessFromHost": 0}
+MEM_ADVICE = set(cudaMemoryAdvise.values())
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_PROT_NONE, _PROT_RW = 0, mmap.PROT_READ | mmap.PROT_WRITE
+_MAP_FIXED, _MAP_NORESERVE = 0x10, 0x4000
+
+
+class Managed:
+    __slots__ = ("address", "size", "length", "buffer", "dev", "host", "shadow")
+
+    def __init__(self, address: int, size: int, length: int, buffer: DeviceBuffer, dev: Device) -> None:
+        self.address, self.size, self.length, self.buffer, self.dev = address, size, length, buffer, dev
+        self.host = np.frombuffer(ffi.buffer(ffi.cast("char *", address), size), dtype=np.uint8)
+        self.shadow = np.zeros(size, dtype=np.uint8)  # what host and device last held in common
+
+
+def _map(address: int, length: int, prot: int) -> None:
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED | (_MAP_NORESERVE if prot == _PROT_NONE else 0)
+    if _libc.mmap(address, length, prot, flags, -1, 0) != address:
+        raise CudaError(Error.cudaErrorMemoryAllocation,
+                        f"cannot map managed memory at 0x{address:x}: {os.strerror(ctypes.get_errno())}")
+
+
+def _managed_stream(dev: Device) -> Stream:
+    """A non-blocking stream of qcuda's own for managed transfers: they wait for nobody's work."""
+    s = S.managed_streams.get(dev.ordinal)
+    if s is None:
+        s = S.managed_streams[dev.ordinal] = dev.create_stream(non_blocking=True)
+    return s
+
+
+def _runs(changed: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) byte ranges of the pages holding a changed byte, runs of pages merged."""
+    pages = np.flatnonzero(np.logical_or.reduceat(changed, np.arange(0, changed.size, PAGE)))
+    runs: list[tuple[int, int]] = []
+    for p in pages.tolist():
+        start, end = p * PAGE, min((p + 1) * PAGE, changed.size)
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((start, end))
+    return runs
+
+
+def _device_work() -> None:
+    """Before device work: the host's changes since the last synchronisation point go to the device."""
+    if not S.managed:
+        return
+    S.device_touched = True
+    if not S.host_dirty:
+        return
+    S.host_dirty = False
+    for mem in list(S.managed.values()):
+        for start, end in _runs(mem.host != mem.shadow):
+            mem.shadow[start:end] = mem.host[start:end]
+            mem.dev.client.copy_htod(mem.address + start,
+                                     memoryview(mem.shadow[start:end]), _managed_stream(mem.dev).handle)
+
+
+def _synchronised() -> None:
+    """After a synchronisation point: what the device changed since the last one comes back to the host."""
+    if not S.managed or not S.device_touched:
+        return
+    S.device_touched = False
+    S.host_dirty = True
+    for mem in list(S.managed.values()):
+        now = np.empty(mem.size, dtype=np.uint8)
+        mem.dev.client.copy_dtoh(memoryview(now), mem.address, _managed_stream(mem.dev).handle)
+        changed = now != mem.shadow
+        mem.host[changed] = now[changed]
+        mem.shadow[:] = now
+
+
+def cudaMallocManaged(ptr, size: int, flags: int) -> None:
+    if ptr == ffi.NULL or size == 0 or flags not in (DEFINES["cudaMemAttachGlobal"], DEFINES["cudaMemAttachHost"]):
+        raise CudaError(Error.cudaErrorInvalidValue, f"cudaMallocManaged of {size} bytes, flags {flags:#x}")
+    dev = device()
+    length = -(-size // PAGE) * PAGE
+    buffer = dev.allocate(length + PAGE)  # whole pages of its own, whatever the device's alignment
+    address = -(-buffer.handle // PAGE) * PAGE
+    if not (RESERVED[0] <= address and address + length <= RESERVED[0] + RESERVED[1]):
+        buffer.free()
+        raise CudaError(Error.cudaErrorNotSupported, "the device's addresses lie outside qcuda's layout")
+    try:
+        _map(address, length, _PROT_RW)
+    except CudaError:
+        buffer.free()
+        raise
+    dev.client.call(m.Memset(address, 0, 1, size, _managed_stream(dev).handle))  # host and device start at 0
+    with S.lock:
+        S.managed[address] = Managed(address, size, length, buffer, dev)
+        S.host_dirty = True  # the host may write it before the next device work
+        S.track(address, size, dev.ordinal, buffer)
+    _out(ptr, "uintptr_t", address)
+
+
+def _free_managed(address: int) -> None:
+    mem = S.managed.pop(address)
+    mem.host = None
+    _map(address, mem.length, _PROT_NONE)  # back to the reservation
+    mem.buffer.free()
+
+
+def _is_managed(address: int) -> bool:
+    if not S.managed:
+        return False
+    i = bisect.bisect_right(S.starts, address) - 1
+    mem = S.managed.get(S.starts[i]) if i >= 0 else None
+    return mem is not None and address < mem.address + mem.size
+
+
+def _managed_range(address: int, count: int) -> Managed:
+    i = bisect.bisect_right(S.starts, address) - 1
+    mem = S.managed.get(S.starts[i]) if i >= 0 else None
+    if mem is None or address + count > mem.address + mem.size:
+        raise CudaError(Error.cudaErrorInvalidValue, f"[0x{address:x}, +{count}) is not managed memory")
+    return mem
+
+
+def cudaMemPrefetchAsync(ptr, count: int, location, flags: int, stream) -> None:
+    """Accepted: the pages move at the next synchronisation point or device work anyway."""
+    _stream(stream)
+    _managed_range(_addr(ptr), count)
+
+
+def cudaMemAdvise(ptr, count: int, advice: int, location) -> None:
+    """Accepted: advice changes no result."""
+    if advice not in MEM_ADVICE:
+        raise CudaError(Error.cudaErrorInvalidValue, f"advice {advice}")
+    _managed_range(_addr(ptr), count)
+
+
+def cudaStreamAttachMemAsync(stream, ptr, length: int, flags: int) -> None:
+    """Accepted: qcuda keeps managed memory coherent for every stream alike."""
+    _stream(stream)
+    if flags not in (DEFINES["cudaMemAttachGlobal"], DEFINES["cudaMemAttachHost"], DEFINES["cudaMemAttachSingle"]):
+        raise CudaError(Error.cudaErrorInvalidValue, f"attach flags {flags:#x}")
+    _managed_range(_addr(ptr), length or 1)
 
 
 # ---- installation -------------------------------------------------------------------------------

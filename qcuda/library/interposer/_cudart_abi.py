@@ -575,4 +575,4 @@ cudaLaunchAttributeID: dict[str, int] = {'cudaLaunchAttributeIgnore': 0, 'cudaLa
 
 cudaMemoryAdvise: dict[str, int] = {'cudaMemAdviseSetReadMostly': 1, 'cudaMemAdviseUnsetReadMostly': 2, 'cudaMemAdviseSetPreferredLocation': 3, 'cudaMemAdviseUnsetPreferredLocation': 4, 'cudaMemAdviseSetAccessedBy': 5, 'cudaMemAdviseUnsetAccessedBy': 6}
 
-DEFINES: dict[str, int] = {'cudaHostAllocDefault': 0, 'cudaHostAllocPortable': 1, 'cudaHostAllocMapped': 2, 'cudaHostAllocWriteCombined': 4}
+DEFINES: dict[str, int] = {'cudaHostAllocDefault': 0, 'cudaHostAllocPortable': 1, 'cudaHostAllocMapped': 2, 'cudaHostAllocWriteCombined': 4, 'cudaMemAttachGlobal': 1, 'cudaMemAttachHost': 2, 'cudaMemAttachSingle': 4}

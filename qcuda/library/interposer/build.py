@@ -37,6 +37,7 @@ typedef int cudaError_t;
 typedef struct { unsigned int x, y, z; } dim3;
 typedef void *cudaStream_t;
 typedef void *cudaEvent_t;
+typedef struct { int type; int id; } qcuda_mem_location;  /* struct cudaMemLocation, passed by value */
 typedef struct qcuda_fatbin { struct qcuda_fatbin *next; const uint8_t *image; uint64_t size; int id;
                               int unregistered; } qcuda_fatbin;
 typedef struct qcuda_function { struct qcuda_function *next; qcuda_fatbin *fatbin; const void *host;
