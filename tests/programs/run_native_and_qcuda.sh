@@ -48,8 +48,9 @@ for entry in "${programs[@]}"; do
     name=${entry%%:*}
     sources=${entry#*:}
     exe=$OUT/bin/$name
+    flags=$(sed -n 's|^// nvcc flags: ||p' ${sources%% *} | head -1)  # extra flags a program asks for
     # shellcheck disable=SC2086
-    if ! nvcc -arch=sm_90 -cudart shared -o "$exe" $sources >"$OUT/$name.build.log" 2>&1; then
+    if ! nvcc -arch=sm_90 -cudart shared $flags -o "$exe" $sources >"$OUT/$name.build.log" 2>&1; then
         echo "$name: BUILD FAILED ($OUT/$name.build.log)"; status=1; continue
     fi
     timeout 300 "$exe" >"$OUT/$name.native.out" 2>"$OUT/$name.native.err"

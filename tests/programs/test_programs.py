@@ -7,6 +7,7 @@ session with nvcc, so these tests need the CUDA toolkit (not a GPU).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,8 +36,15 @@ def program_sources() -> dict[str, list[Path]]:
     return programs
 
 
+def source_flags(sources: list[Path]) -> list[str]:
+    """Extra nvcc flags a program asks for in a line `// nvcc flags: ...` of its first source."""
+    found = re.search(r"^// nvcc flags: (.*)$", sources[0].read_text(), flags=re.M)
+    return found[1].split() if found else []
+
+
 def nvcc(sources: list[Path], out: Path, *flags: str) -> Path:
-    subprocess.run([NVCC, ARCH, *flags, "-o", str(out), *map(str, sources)], check=True, capture_output=True)
+    subprocess.run([NVCC, ARCH, *flags, *source_flags(sources), "-o", str(out), *map(str, sources)], check=True,
+                   capture_output=True)
     return out
 
 

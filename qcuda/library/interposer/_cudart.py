@@ -45,7 +45,9 @@ ffi = lib = None  # the library's cffi objects, set by install()
 
 VERBOSE = bool(os.environ.get("QCUDA_VERBOSE"))
 NOT_READY = Error.cudaErrorNotReady  # a status, not an error: never the thread's last error
-LEGACY_STREAMS = (0, 1, 2)  # 0, cudaStreamLegacy, cudaStreamPerThread: the device's default stream
+LEGACY_STREAMS = (0, 1, 2)  # 0, cudaStreamLegacy, cudaStreamPerThread: a default stream
+PER_THREAD = 2  # cudaStreamPerThread; 0 means it too in the _ptsz/_ptds variants (--default-stream per-thread)
+_ptds = threading.local()  # .on: this thread is in a _ptsz/_ptds call
 PITCH_ALIGNMENT = 512
 LEAST_PRIORITY, GREATEST_PRIORITY = 0, -5  # cudaDeviceGetStreamPriorityRange on sm_90
 HOST_TO_HOST, HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE, DEFAULT = (
@@ -87,6 +89,7 @@ class State:
         self.pinned: dict[int, tuple[HostBuffer, int]] = {}  # host address -> (arena buffer, flags)
         self.registered: dict[int, tuple[int, int]] = {}  # cudaHostRegister: address -> (size, flags)
         self.streams: dict[int, Stream] = {}
+        self.per_thread: dict[tuple[int, int], Stream] = {}  # (thread id, device) -> its per-thread default stream
         self.stream_info: dict[int, tuple[int, int]] = {}  # handle -> (flags, priority)
         self.events: dict[int, Event] = {}
         self.next_handle = 0x1000
@@ -154,14 +157,46 @@ def device(ordinal: int | None = None) -> Device:
     return dev
 
 
+def _legacy(h: int) -> bool:
+    """Whether stream handle `h` means the legacy default stream in this call."""
+    return h == 1 or h == 0 and not getattr(_ptds, "on", False)
+
+
 def _stream(handle) -> tuple[Stream | None, Device]:
     h = _addr(handle)
     if h in LEGACY_STREAMS:
-        return None, device()
+        if _legacy(h):
+            return None, device()
+        return _per_thread_stream(), device()
     s = S.streams.get(h)
     if s is None:
         raise CudaError(Error.cudaErrorInvalidResourceHandle, f"stream 0x{h:x} is not one of this process's")
     return s, s.device
+
+
+def _per_thread_stream() -> Stream:
+    """The calling thread's default stream on the current device (created at its first use): as CUDA defines
+    it, a blocking stream, so it synchronises with the legacy stream but not with other streams."""
+    dev = device()
+    key = (threading.get_ident(), dev.ordinal)
+    s = S.per_thread.get(key)
+    if s is None:
+        s = S.per_thread[key] = dev.create_stream(non_blocking=False)
+    return s
+
+
+def _per_thread_variant(fn: Callable) -> Callable:
+    """The _ptsz/_ptds form of a call: stream 0 in it is the thread's per-thread default stream."""
+
+    def call(*args):
+        before = getattr(_ptds, "on", False)
+        _ptds.on = True
+        try:
+            return fn(*args)
+        finally:
+            _ptds.on = before
+
+    return call
 
 
 def _event(handle) -> Event:
@@ -493,6 +528,8 @@ def cudaDeviceReset() -> None:
         managed_stream = S.managed_streams.pop(o, None)
         if managed_stream is not None:
             managed_stream._finalizer.detach()
+        for key in [k for k in S.per_thread if k[1] == o]:
+            S.per_thread.pop(key)._finalizer.detach()
         for table in (S.modules, S.kernels, S.symbols):
             for key in [k for k in table if k[1] == o]:
                 item = table.pop(key)
@@ -987,12 +1024,12 @@ def cudaStreamDestroy(stream) -> None:
 
 def cudaStreamGetFlags(stream, flags) -> None:
     s, _ = _stream(stream)
-    _out(flags, "unsigned int", 0 if s is None else S.stream_info[_addr(stream)][0])
+    _out(flags, "unsigned int", 0 if s is None else S.stream_info.get(_addr(stream), (0, 0))[0])
 
 
 def cudaStreamGetPriority(stream, priority) -> None:
     s, _ = _stream(stream)
-    _out(priority, "int", 0 if s is None else S.stream_info[_addr(stream)][1])
+    _out(priority, "int", 0 if s is None else S.stream_info.get(_addr(stream), (0, 0))[1])
 
 
 def cudaStreamGetDevice(stream, ordinal) -> None:
@@ -1219,7 +1256,7 @@ def _record(stream, kind: str, replay: Callable[[int], None]) -> bool:
     if not S.captures:
         return False
     h = _addr(stream)
-    if h in (0, 1):
+    if _legacy(h):
         _implicit_check()
         return False
     cap = S.captures.get(h)
@@ -1235,7 +1272,7 @@ def _refuse_if_capturing(stream) -> None:
     if not S.captures:
         return
     h = _addr(stream)
-    if h in (0, 1):
+    if _legacy(h):
         _implicit_check()
         return
     cap = S.captures.get(h)
@@ -1246,8 +1283,8 @@ def _refuse_if_capturing(stream) -> None:
 
 def cudaStreamBeginCapture(stream, mode: int) -> None:
     h = _addr(stream)
-    if h in LEGACY_STREAMS:
-        raise CudaError(Error.cudaErrorStreamCaptureUnsupported, "the legacy stream cannot capture")
+    if h in LEGACY_STREAMS:  # the per-thread stream too: qcuda does not capture it
+        raise CudaError(Error.cudaErrorStreamCaptureUnsupported, "a default stream cannot capture")
     _stream(stream)
     if mode not in (CAPTURE_GLOBAL, CAPTURE_THREAD_LOCAL, CAPTURE_RELAXED):
         raise CudaError(Error.cudaErrorInvalidValue, f"capture mode {mode}")
@@ -1294,7 +1331,7 @@ def cudaStreamIsCapturing(stream, status) -> None:
     h = _addr(stream)
     _stream(stream)
     cap = S.captures.get(h)
-    if cap is None and h in (0, 1) and any(_blocking(s) for s in S.captures):
+    if cap is None and _legacy(h) and any(_blocking(s) for s in S.captures):
         raise CudaError(Error.cudaErrorStreamCaptureImplicit, "the legacy stream while a blocking stream captures")
     name = "None" if cap is None else "Invalidated" if cap.invalid else "Active"
     _out(status, "int", cudaStreamCaptureStatus["cudaStreamCaptureStatus" + name])
@@ -1698,4 +1735,5 @@ def install(ffi_, lib_, names: list[str]) -> None:
     sys.stdout = io.TextIOWrapper(io.BufferedWriter(ProgramStdout()), line_buffering=True)
     for name in names:
         base = name.removesuffix("_ptsz").removesuffix("_ptds")
-        ffi.def_extern(name=name)(_entry(name, globals()[base]))
+        fn = globals()[base]
+        ffi.def_extern(name=name)(_entry(name, fn if base == name else _per_thread_variant(fn)))
