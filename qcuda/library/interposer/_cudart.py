@@ -755,6 +755,7 @@ class Side:
         self.on_device = self.kind == "device" if kind == DEFAULT else kind in on_device_kinds
         if self.kind == "device" and not self.on_device and _is_managed(address):
             self.kind = "host"  # managed memory named as host memory: its host mapping, current at this point
+            S.host_dirty = True  # (a copy into it writes the host side: the next device work sends it)
         elif self.kind == "device" and not self.on_device:
             raise CudaError(Error.cudaErrorInvalidValue, "a device pointer given as a host pointer")
 
