@@ -3,6 +3,13 @@
 #include <vector>
 #include "check.h"
 
+// a call that must fail, whatever error a given CUDA names for it
+#define REFUSED(name, call)                  \
+  do {                                       \
+    CHECK(name, (call) != cudaSuccess);      \
+    cudaGetLastError();                      \
+  } while (0)
+
 __global__ void axpb(float *x, float a, float b, int n) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) x[i] = a * x[i] + b;
@@ -94,18 +101,37 @@ int main() {
   CHECK("every launch computed 2x + 1 + 3", right);
   CHECK("the host function ran once per launch", calls == launches);
 
+  // a graph launched inside another capture, launched in turn
+  cudaGraph_t outer = nullptr;
+  cudaGraphExec_t outer_exec = nullptr;
+  OK(cudaStreamBeginCapture(side, cudaStreamCaptureModeGlobal));
+  OK(cudaGraphLaunch(exec, side));
+  axpb<<<(n + 255) / 256, 256, 0, side>>>(sum, 1.0f, 10.0f, n);
+  OK(cudaMemcpyAsync(pinned, sum, bytes, cudaMemcpyDeviceToHost, side));
+  OK(cudaStreamEndCapture(side, &outer));
+  CHECK("nothing ran during the outer capture", calls == launches);
+  OK(cudaGraphInstantiate(&outer_exec, outer, 0));
+  OK(cudaGraphLaunch(outer_exec, s));
+  OK(cudaStreamSynchronize(s));
+  right = true;
+  for (int i = 0; i < n; i++) right &= pinned[i] == 2.0f * float(i % 17 + launches - 1) + 1.0f + 3.0f + 10.0f;
+  CHECK("a graph inside a graph", right);
+  CHECK("its host function ran", calls == launches + 1);
+  OK(cudaGraphExecDestroy(outer_exec));
+  OK(cudaGraphDestroy(outer));
+
   cudaGraphExec_t exec2 = nullptr;
   OK(cudaGraphInstantiateWithFlags(&exec2, graph, cudaGraphInstantiateFlagAutoFreeOnLaunch));
   for (int k = 0; k < 3; k++) OK(cudaGraphLaunch(exec2, side));  // back to back, without waiting between
   OK(cudaStreamSynchronize(side));
-  CHECK("three more launches on another stream", calls == launches + 3);
+  CHECK("three more launches on another stream", calls == launches + 4);
   OK(cudaGraphExecDestroy(exec2));
   OK(cudaGraphExecDestroy(exec));
   OK(cudaGraphDestroy(graph));
 
   // errors: a synchronising call ends the capture; ending elsewhere; unjoined work; captured events
   OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-  EXPECT(cudaErrorIllegalState, cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  REFUSED("a second capture on a capturing stream", cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
   axpb<<<1, 32, 0, s>>>(x, 1.0f, 0.0f, 32);
   EXPECT(cudaErrorStreamCaptureUnsupported, cudaStreamSynchronize(s));
   OK(cudaStreamIsCapturing(s, &status));
@@ -122,10 +148,22 @@ int main() {
   EXPECT(cudaErrorCapturedEvent, cudaEventQuery(fork));
   EXPECT(cudaErrorStreamCaptureUnjoined, cudaStreamEndCapture(s, &graph));
 
-  EXPECT(cudaErrorStreamCaptureUnsupported, cudaStreamBeginCapture(0, cudaStreamCaptureModeGlobal));
-  EXPECT(cudaErrorIllegalState, cudaStreamEndCapture(s, &graph));
+  REFUSED("no capture on the legacy stream", cudaStreamBeginCapture(cudaStreamLegacy, cudaStreamCaptureModeGlobal));
+  REFUSED("no end without a capture", cudaStreamEndCapture(s, &graph));
   OK(cudaStreamIsCapturing(s, &status));
   CHECK("no capture after the errors", status == cudaStreamCaptureStatusNone);
+
+  // the legacy stream may not wait for a capturing blocking stream (a synchronous copy uses it)
+  OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  EXPECT(cudaErrorStreamCaptureImplicit, cudaMemcpy(result.data(), x, bytes, cudaMemcpyDeviceToHost));
+  cudaError_t ended = cudaStreamEndCapture(s, &graph);
+  if (ended == cudaSuccess) {
+    OK(cudaGraphDestroy(graph));
+  } else {
+    cudaGetLastError();
+  }
+  OK(cudaStreamIsCapturing(s, &status));
+  CHECK("no capture after the implicit dependency", status == cudaStreamCaptureStatusNone);
 
   // the stream works as before
   OK(cudaMemcpyAsync(x, host.data(), bytes, cudaMemcpyHostToDevice, s));
