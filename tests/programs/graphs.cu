@@ -153,6 +153,24 @@ int main() {
   OK(cudaStreamIsCapturing(s, &status));
   CHECK("no capture after the errors", status == cudaStreamCaptureStatusNone);
 
+  // potentially unsafe calls (cudaMalloc): refused during a global capture, allowed in a relaxed thread
+  float *extra = nullptr;
+  OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  EXPECT(cudaErrorStreamCaptureUnsupported, cudaMalloc(&extra, 64));
+  EXPECT(cudaErrorStreamCaptureInvalidated, cudaStreamEndCapture(s, &graph));
+  OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  OK(cudaThreadExchangeStreamCaptureMode(&mode));
+  CHECK("the thread's mode was global", mode == cudaStreamCaptureModeGlobal);
+  OK(cudaMalloc(&extra, 64));
+  OK(cudaFree(extra));
+  OK(cudaThreadExchangeStreamCaptureMode(&mode));
+  CHECK("and was relaxed since", mode == cudaStreamCaptureModeRelaxed);
+  OK(cudaStreamEndCapture(s, &graph));
+  OK(cudaGraphGetNodes(graph, nullptr, &count));
+  CHECK("an empty graph", count == 0);
+  OK(cudaGraphDestroy(graph));
+
   // the legacy stream may not wait for a capturing blocking stream (a synchronous copy uses it)
   OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
   EXPECT(cudaErrorStreamCaptureImplicit, cudaMemcpy(result.data(), x, bytes, cudaMemcpyDeviceToHost));

@@ -607,6 +607,11 @@ def cudaMemGetInfo(free, total) -> None:
 
 # ---- memory -------------------------------------------------------------------------------------
 def cudaMalloc(ptr, size: int) -> None:
+    _unsafe_call()
+    _malloc(ptr, size)
+
+
+def _malloc(ptr, size: int) -> None:
     if ptr == ffi.NULL:
         raise CudaError(Error.cudaErrorInvalidValue, "cudaMalloc(NULL, ...)")
     if size == 0:
@@ -626,6 +631,11 @@ def cudaMallocPitch(ptr, pitch, width: int, height: int) -> None:
 
 
 def cudaFree(ptr) -> None:
+    _unsafe_call()
+    _free(ptr)
+
+
+def _free(ptr) -> None:
     address = _addr(ptr)
     if address == 0:
         device()
@@ -646,7 +656,7 @@ def cudaMallocAsync(ptr, size: int, stream) -> None:
     """Allocated at once: memory that exists sooner than the stream needs it is still stream-ordered."""
     _stream(stream)
     _refuse_if_capturing(stream)  # no allocation nodes in qcuda's graphs
-    cudaMalloc(ptr, size)
+    _malloc(ptr, size)
 
 
 def cudaFreeAsync(ptr, stream) -> None:
@@ -656,10 +666,11 @@ def cudaFreeAsync(ptr, stream) -> None:
     if _addr(ptr) == 0:
         return
     (s or dev.default_stream).synchronize()
-    cudaFree(ptr)
+    _free(ptr)
 
 
 def cudaHostAlloc(ptr, size: int, flags: int) -> None:
+    _unsafe_call()
     dev = device()
     buffer = dev.allocate_host(max(size, 1))
     alias = _alias(dev)
@@ -673,6 +684,7 @@ def cudaMallocHost(ptr, size: int) -> None:
 
 
 def cudaFreeHost(ptr) -> None:
+    _unsafe_call()
     address = _addr(ptr)
     if address == 0:
         return
@@ -1154,12 +1166,14 @@ def _uncaptured(*events) -> None:
 
 def cudaEventSynchronize(event) -> None:
     _uncaptured(event)
+    _unsafe_call()
     _event(event).synchronize()
     _synchronised()
 
 
 def cudaEventQuery(event) -> int:
     _uncaptured(event)
+    _unsafe_call()
     if not _event(event).query():
         return NOT_READY
     _synchronised()
@@ -1280,6 +1294,24 @@ def _refuse_if_capturing(stream) -> None:
     if cap is not None:
         cap.invalidate()
         raise CudaError(Error.cudaErrorStreamCaptureUnsupported, "a synchronising call on a capturing stream")
+
+
+def _unsafe_call() -> None:
+    """A potentially unsafe call (one that may synchronise implicitly: allocation, freeing, event queries) while
+    a capture that forbids it is underway, by the calling thread's capture mode
+    (cudaThreadExchangeStreamCaptureMode): refused with cudaErrorStreamCaptureUnsupported, and the capture is over."""
+    if not S.captures:
+        return
+    mode = getattr(_capture_mode, "mode", CAPTURE_GLOBAL)
+    if mode == CAPTURE_RELAXED:
+        return
+    me = threading.get_ident()
+    forbidding = {id(c): c for c in S.captures.values()
+                  if c.thread == me and c.mode != CAPTURE_RELAXED or mode == CAPTURE_GLOBAL and c.mode == CAPTURE_GLOBAL}
+    if forbidding:
+        for c in forbidding.values():
+            c.invalidate()
+        raise CudaError(Error.cudaErrorStreamCaptureUnsupported, "a potentially unsafe call during a capture")
 
 
 def cudaStreamBeginCapture(stream, mode: int) -> None:
@@ -1618,6 +1650,7 @@ def _synchronised() -> None:
 
 
 def cudaMallocManaged(ptr, size: int, flags: int) -> None:
+    _unsafe_call()
     if ptr == ffi.NULL or size == 0 or flags not in (DEFINES["cudaMemAttachGlobal"], DEFINES["cudaMemAttachHost"]):
         raise CudaError(Error.cudaErrorInvalidValue, f"cudaMallocManaged of {size} bytes, flags {flags:#x}")
     dev = device()
