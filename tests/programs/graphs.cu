@@ -60,6 +60,11 @@ int main() {
   const cudaGraphNode_t *dep_nodes = nullptr;
   OK(cudaStreamGetCaptureInfo(s, &status, &id, nullptr, &dep_nodes, nullptr, &deps));
   CHECK("capture info", status == cudaStreamCaptureStatusActive && id != 0 && deps == 1 && dep_nodes != nullptr);
+  cudaGraph_t capturing = nullptr;
+  size_t so_far = 0;
+  OK(cudaStreamGetCaptureInfo(side, &status, nullptr, &capturing, nullptr, nullptr, nullptr));
+  OK(cudaGraphGetNodes(capturing, nullptr, &so_far));
+  CHECK("the graph being captured, so far", so_far == 4);
   OK(cudaEventRecord(join, side));
   OK(cudaStreamWaitEvent(s, join, 0));
   OK(cudaStreamGetCaptureInfo(s, &status, nullptr, nullptr, nullptr, nullptr, &deps));

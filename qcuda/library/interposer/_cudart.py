@@ -1324,7 +1324,8 @@ def cudaStreamBeginCapture(stream, mode: int) -> None:
     with S.lock:
         if h in S.captures:
             raise CudaError(Error.cudaErrorIllegalState, "the stream already captures")
-        S.captures[h] = Capture(h, mode)
+        cap = S.captures[h] = Capture(h, mode)
+        S.graphs[cap.graph.handle] = cap.graph  # cudaStreamGetCaptureInfo hands it out while the capture runs
 
 
 def cudaStreamEndCapture(stream, p_graph) -> None:
@@ -1346,6 +1347,7 @@ def cudaStreamEndCapture(stream, p_graph) -> None:
         for e in [e for e, (c, _) in S.captured_events.items() if c is cap]:
             del S.captured_events[e]
         _out(p_graph, "uintptr_t", 0)
+        S.graphs.pop(cap.graph.handle, None)
         if cap.invalid:
             raise CudaError(Error.cudaErrorStreamCaptureInvalidated, "the capture failed earlier")
         joined, todo = set(), list(cap.tails[h])
