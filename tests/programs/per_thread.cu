@@ -63,6 +63,32 @@ int main() {
   unsigned flags = 99;
   OK(cudaStreamGetFlags(0, &flags));
   CHECK("the per-thread stream is a blocking stream", flags == cudaStreamDefault);
+  // the per-thread stream captures; another thread's default stream meanwhile runs its work at once
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  OK(cudaStreamBeginCapture(0, cudaStreamCaptureModeRelaxed));
+  fill<<<(n + 127) / 128, 128>>>(a, 7, n);
+  OK(cudaMemcpyAsync(ha, a, sizeof ha, cudaMemcpyDeviceToHost, 0));
+  cudaStreamCaptureStatus main_status = cudaStreamCaptureStatusNone, other_status = cudaStreamCaptureStatusActive;
+  OK(cudaStreamIsCapturing(cudaStreamPerThread, &main_status));
+  cudaError_t other_copy = cudaErrorUnknown;
+  std::thread other([&] {
+    cudaStreamIsCapturing(0, &other_status);
+    fill<<<(n + 127) / 128, 128>>>(b, 8, n);
+    other_copy = cudaMemcpy(hb, b, sizeof hb, cudaMemcpyDeviceToHost);
+  });
+  other.join();
+  OK(cudaStreamEndCapture(0, &graph));
+  CHECK("this thread's default stream captured", main_status == cudaStreamCaptureStatusActive);
+  CHECK("another thread's did not", other_status == cudaStreamCaptureStatusNone);
+  CHECK("and ran its work at once", other_copy == cudaSuccess && hb[0] == 8 && hb[n - 1] == 8);
+  CHECK("nothing captured ran", ha[0] == 4);
+  OK(cudaGraphInstantiate(&exec, graph, 0));
+  OK(cudaGraphLaunch(exec, cudaStreamPerThread));
+  OK(cudaStreamSynchronize(0));
+  CHECK("the per-thread stream's graph", ha[0] == 7 && ha[n - 1] == 7);
+  OK(cudaGraphExecDestroy(exec));
+  OK(cudaGraphDestroy(graph));
   OK(cudaFree(a));
   OK(cudaFree(b));
   return finish();

@@ -102,7 +102,7 @@ class State:
         self.flags: dict[int, int] = {}
         self.cache_config: dict[int, int] = {}
         self.limits: dict[tuple[int, int], int] = {}
-        self.captures: dict[int, Capture] = {}  # capturing stream handle -> its capture
+        self.captures: dict[int | tuple, Capture] = {}  # capturing stream (_key) -> its capture
         self.captured_events: dict[int, tuple[Capture, tuple[Node, ...]]] = {}  # recorded in a capture
         self.graphs: dict[int, Graph] = {}
         self.graph_execs: dict[int, GraphExec] = {}
@@ -183,6 +183,14 @@ def _per_thread_stream() -> Stream:
     if s is None:
         s = S.per_thread[key] = dev.create_stream(non_blocking=False)
     return s
+
+
+def _key(stream) -> int | tuple:
+    """A stream handle as the capture tables know it: itself, or which thread's per-thread stream it names."""
+    h = _addr(stream)
+    if h == PER_THREAD or h == 0 and getattr(_ptds, "on", False):
+        return ("per-thread", threading.get_ident(), _device.current_device())
+    return h
 
 
 def _per_thread_variant(fn: Callable) -> Callable:
@@ -1068,25 +1076,25 @@ def cudaStreamQuery(stream) -> int:
 def cudaStreamWaitEvent(stream, event, flags: int) -> None:
     s, dev = _stream(stream)
     e = _event(event)
-    h = _addr(stream)
+    h, k = _addr(stream), _key(stream)
     captured = S.captured_events.get(_addr(event))
     if captured is not None:  # a fork or join of a capture
         cap, tails = captured
         with S.lock:
-            mine = S.captures.get(h)
+            mine = S.captures.get(k)
             if cap.invalid:
                 raise CudaError(Error.cudaErrorStreamCaptureInvalidated, "the event's capture failed")
             if mine is None:
-                if h in LEGACY_STREAMS:
+                if _legacy(h):
                     cap.invalidate()
                     raise CudaError(Error.cudaErrorStreamCaptureImplicit, "the legacy stream cannot join a capture")
-                S.captures[h] = cap
-                cap.tails[h] = tails
+                S.captures[k] = cap
+                cap.tails[k] = tails
             elif mine is not cap:
                 mine.invalidate()
                 raise CudaError(Error.cudaErrorStreamCaptureMerge, "the event belongs to another capture")
             else:
-                cap.tails[h] = tuple(dict.fromkeys(cap.tails[h] + tails))
+                cap.tails[k] = tuple(dict.fromkeys(cap.tails[k] + tails))
         return
     _wait_event(h, e)
 
@@ -1137,11 +1145,11 @@ def _record_event(event, stream, external: bool) -> None:
     cudaEventRecordExternal becomes an event-record node."""
     e = _event(event)
     s, _ = _stream(stream)
-    cap = S.captures.get(_addr(stream))
+    cap = S.captures.get(_key(stream))
     if cap is not None and not external:
         if cap.invalid:
             raise CudaError(Error.cudaErrorStreamCaptureInvalidated, "the capture already failed")
-        S.captured_events[_addr(event)] = (cap, cap.tails[_addr(stream)])
+        S.captured_events[_addr(event)] = (cap, cap.tails[_key(stream)])
         return
     S.captured_events.pop(_addr(event), None)
     _event_record_node(_addr(stream), e)
@@ -1231,16 +1239,16 @@ class GraphExec:
 class Capture:
     """One capture sequence: its graph, the streams that joined it, and each stream's current dependencies."""
 
-    def __init__(self, origin: int, mode: int) -> None:
+    def __init__(self, origin: int | tuple, mode: int) -> None:
         S.capture_ids += 1
         self.id, self.origin, self.mode = S.capture_ids, origin, mode
         self.thread = threading.get_ident()
         self.graph = Graph()
-        self.tails: dict[int, tuple[Node, ...]] = {origin: ()}
+        self.tails: dict[int | tuple, tuple[Node, ...]] = {origin: ()}  # by _key
         self.invalid = False
         self.deps_out = None  # the array cudaStreamGetCaptureInfo last handed out (kept alive)
 
-    def add(self, stream: int, kind: str, replay: Callable[[int], None]) -> Node:
+    def add(self, stream: int | tuple, kind: str, replay: Callable[[int], None]) -> Node:
         if self.invalid:
             raise CudaError(Error.cudaErrorStreamCaptureInvalidated, "the capture already failed")
         node = Node(kind, replay, self.tails[stream])
@@ -1252,8 +1260,8 @@ class Capture:
         self.invalid = True
 
 
-def _blocking(handle: int) -> bool:
-    return not S.stream_info.get(handle, (0, 0))[0] & 1
+def _blocking(key: int | tuple) -> bool:
+    return not S.stream_info.get(key, (0, 0))[0] & 1  # per-thread streams (tuple keys) are blocking
 
 
 def _implicit_check() -> None:
@@ -1274,11 +1282,12 @@ def _record(stream, kind: str, replay: Callable[[int], None]) -> bool:
     if _legacy(h):
         _implicit_check()
         return False
-    cap = S.captures.get(h)
+    k = _key(stream)
+    cap = S.captures.get(k)
     if cap is None:
         return False
     with S.lock:
-        cap.add(h, kind, replay)
+        cap.add(k, kind, replay)
     return True
 
 
@@ -1290,7 +1299,7 @@ def _refuse_if_capturing(stream) -> None:
     if _legacy(h):
         _implicit_check()
         return
-    cap = S.captures.get(h)
+    cap = S.captures.get(_key(stream))
     if cap is not None:
         cap.invalidate()
         raise CudaError(Error.cudaErrorStreamCaptureUnsupported, "a synchronising call on a capturing stream")
@@ -1315,21 +1324,21 @@ def _unsafe_call() -> None:
 
 
 def cudaStreamBeginCapture(stream, mode: int) -> None:
-    h = _addr(stream)
-    if h in LEGACY_STREAMS:  # the per-thread stream too: qcuda does not capture it
-        raise CudaError(Error.cudaErrorStreamCaptureUnsupported, "a default stream cannot capture")
+    if _legacy(_addr(stream)):
+        raise CudaError(Error.cudaErrorStreamCaptureUnsupported, "the legacy stream cannot capture")
     _stream(stream)
+    k = _key(stream)
     if mode not in (CAPTURE_GLOBAL, CAPTURE_THREAD_LOCAL, CAPTURE_RELAXED):
         raise CudaError(Error.cudaErrorInvalidValue, f"capture mode {mode}")
     with S.lock:
-        if h in S.captures:
+        if k in S.captures:
             raise CudaError(Error.cudaErrorIllegalState, "the stream already captures")
-        cap = S.captures[h] = Capture(h, mode)
+        cap = S.captures[k] = Capture(k, mode)
         S.graphs[cap.graph.handle] = cap.graph  # cudaStreamGetCaptureInfo hands it out while the capture runs
 
 
 def cudaStreamEndCapture(stream, p_graph) -> None:
-    h = _addr(stream)
+    h = _key(stream)
     _stream(stream)
     if p_graph == ffi.NULL:
         raise CudaError(Error.cudaErrorInvalidValue, "a NULL graph pointer")
@@ -1365,7 +1374,7 @@ def cudaStreamEndCapture(stream, p_graph) -> None:
 def cudaStreamIsCapturing(stream, status) -> None:
     h = _addr(stream)
     _stream(stream)
-    cap = S.captures.get(h)
+    cap = S.captures.get(_key(stream))
     if cap is None and _legacy(h) and any(_blocking(s) for s in S.captures):
         raise CudaError(Error.cudaErrorStreamCaptureImplicit, "the legacy stream while a blocking stream captures")
     name = "None" if cap is None else "Invalidated" if cap.invalid else "Active"
@@ -1374,10 +1383,10 @@ def cudaStreamIsCapturing(stream, status) -> None:
 
 def cudaStreamGetCaptureInfo(stream, status, id_out, graph_out, deps_out, edges_out, count_out) -> None:
     cudaStreamIsCapturing(stream, status)
-    cap = S.captures.get(_addr(stream))
+    cap = S.captures.get(_key(stream))
     if cap is None:
         return
-    tails = cap.tails[_addr(stream)]
+    tails = cap.tails[_key(stream)]
     if id_out != ffi.NULL:
         _out(id_out, "unsigned long long", cap.id)
     if graph_out != ffi.NULL:
@@ -1443,10 +1452,10 @@ def cudaGraphLaunch(graph_exec, stream) -> None:
     """The nodes, in capture order, onto `stream`; a launch also waits for the graph's previous launch when that
     went to another stream (CUDA orders launches of one graph exec)."""
     ge = _graph_exec(graph_exec)
-    h = _addr(stream)
+    h, k = _addr(stream), _key(stream)
     s, dev = _stream(stream)
-    capturing = h in S.captures
-    if not capturing and ge.done is not None and ge.last_stream != h:
+    capturing = k in S.captures
+    if not capturing and ge.done is not None and ge.last_stream != k:
         (s or dev.default_stream).wait(ge.done)
     for node in ge.nodes:
         node.replay(h)
@@ -1454,7 +1463,7 @@ def cudaGraphLaunch(graph_exec, stream) -> None:
         if ge.done is None or ge.done.device is not dev:
             ge.done = dev.create_event(timing=False)
         ge.done.record(s)
-        ge.last_stream = h
+        ge.last_stream = k
 
 
 def cudaGraphExecDestroy(graph_exec) -> None:
