@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Every GPU check in one go, on a GPU host: the spine tests (tests/test_*.py) and tests/gpu with the
-# GPU backend, `--backend auto` choosing the GPU, `qcuda demo`, and the copy-bandwidth bench.
-# Logs go to $OUT (default ./gpu-logs): env.txt, pytest.log, daemons.log, cli.log, bench.log, bench.json.
+# Every GPU check, on a GPU host, in steps named on the command line (default: tests bench):
+#   tests     the spine tests (tests/test_*.py) and tests/gpu with the GPU backend, `--backend auto`
+#             choosing the GPU, `qcuda demo`                     -> pytest.log, daemons.log, cli.log
+#   agreement tests/emulator/test_gpu_agreement.py: the emulator and the GPU on the same PTX -> agreement.log
+#   programs  tests/programs run natively and through `qcuda run`, outputs diffed -> programs/ (its logs)
+#   bench     copy bandwidth and call latency vs native; large copies over loopback TCP vs a plain socket
+#                                                                     -> bench.log, bench.json, tcp.log
+# Each step fits one 10-minute device call; `tests programs` together usually do too.
+# Logs go to $OUT (default ./gpu-logs), with env.txt.
 # Python packages the host lacks travel as wheels in .whl/ (click, zstandard; pytest and its needs in
 # .whl/pytest/, installed only when the host has no pytest). Exit status: non-zero if any step failed.
 set -u
@@ -31,18 +37,37 @@ print('nvrtc', nvrtc.nvrtcVersion()[1:], 'driver', driver.cuDriverGetVersion()[1
     echo "CUDA_HOME=${CUDA_HOME:-}"
 } >"$OUT/env.txt" 2>&1
 
+steps=${*:-tests bench}
 basetemp=/tmp/qcuda-pytest
-step pytest env QCUDA_TEST_BACKEND=gpu timeout 360 python3 -m pytest -v -rs --basetemp="$basetemp" \
-    tests/gpu $(ls tests/test_*.py 2>/dev/null) >"$OUT/pytest.log" 2>&1
-cat "$basetemp"/*/*.log >"$OUT/daemons.log" 2>/dev/null
-
-{
-    step probe python3 -c "from qcuda.device.daemon import choose_backend; c = choose_backend('auto'); print(c.name, '-', c.reason); assert c.name == 'gpu'"
-    step demo timeout 90 python3 -m qcuda demo
-} >"$OUT/cli.log" 2>&1
-
-step bench timeout 120 python3 bench/copy_bandwidth.py --json "$OUT/bench.json" >"$OUT/bench.log" 2>&1
-
-tail -n 3 "$OUT/pytest.log"
-cat "$OUT/cli.log" "$OUT/bench.log"
+for name in $steps; do
+    case $name in
+    tests)
+        step pytest env QCUDA_TEST_BACKEND=gpu timeout 360 python3 -m pytest -v -rs --basetemp="$basetemp" \
+            tests/gpu $(ls tests/test_*.py 2>/dev/null) >"$OUT/pytest.log" 2>&1
+        cat "$basetemp"/*/*.log >"$OUT/daemons.log" 2>/dev/null
+        {
+            step probe python3 -c "from qcuda.device.daemon import choose_backend; c = choose_backend('auto'); print(c.name, '-', c.reason); assert c.name == 'gpu'"
+            step demo timeout 90 python3 -m qcuda demo
+        } >"$OUT/cli.log" 2>&1
+        tail -n 3 "$OUT/pytest.log"
+        cat "$OUT/cli.log"
+        ;;
+    agreement)
+        step agreement env QCUDA_TEST_BACKEND=gpu timeout 300 python3 -m pytest -q -rs --confcutdir=tests/emulator \
+            tests/emulator/test_gpu_agreement.py >"$OUT/agreement.log" 2>&1
+        tail -n 3 "$OUT/agreement.log"
+        ;;
+    programs)
+        step programs env OUT="$OUT/programs" timeout 400 bash tests/programs/run_native_and_qcuda.sh
+        ;;
+    bench)
+        step bench timeout 120 python3 bench/copy_bandwidth.py --json "$OUT/bench.json" >"$OUT/bench.log" 2>&1
+        step tcp timeout 120 python3 bench/tcp_bandwidth.py --backend gpu --sizes 1M,64M,256M >"$OUT/tcp.log" 2>&1
+        cat "$OUT/bench.log" "$OUT/tcp.log"
+        ;;
+    *)
+        echo "unknown step $name (tests, agreement, programs, bench)"; status=1
+        ;;
+    esac
+done
 exit $status
