@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from importlib import resources
+from pathlib import Path
 
 import click
 import numpy as np
@@ -241,6 +242,28 @@ def run(device, command) -> None:
     status = []
     with_daemon(lambda: status.append(run_program(list(command))))
     sys.exit(status[0])
+
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("name", required=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(name, args) -> None:
+    """Run a benchmark from bench/ (copy_bandwidth, tcp_bandwidth, emulator_bench); each prints qcuda's
+    figures next to native ones measured in the same run. Without NAME, list them."""
+    if not BENCH_DIR.is_dir():
+        raise click.ClickException(f"no bench/ folder next to this qcuda ({BENCH_DIR}): run from a source checkout")
+    available = sorted(p.stem for p in BENCH_DIR.glob("*.py"))
+    if name is None:
+        for stem in available:
+            doc = (BENCH_DIR / f"{stem}.py").read_text().split('"""')[1].strip().splitlines()[0]
+            click.echo(f"{stem}: {doc}")
+        return
+    if name not in available:
+        raise click.ClickException(f"no benchmark {name!r}; there are: {', '.join(available)}")
+    raise SystemExit(subprocess.run([sys.executable, str(BENCH_DIR / f"{name}.py"), *args]).returncode)
 
 
 @main.command()

@@ -59,3 +59,14 @@ def test_print_capabilities():
     result = subprocess.run([sys.executable, "-m", "qcuda", "serve", "--print-capabilities"], capture_output=True,
                             text=True, timeout=60, cwd=REPO)
     assert '"protocol": 1' in result.stdout
+
+
+def test_bench_lists_and_refuses_unknown():
+    listed = subprocess.run([sys.executable, "-m", "qcuda", "bench"], capture_output=True, text=True, timeout=60,
+                            cwd=REPO)
+    assert listed.returncode == 0
+    assert {line.split(":")[0] for line in listed.stdout.splitlines()} >= {"copy_bandwidth", "tcp_bandwidth",
+                                                                           "emulator_bench"}
+    unknown = subprocess.run([sys.executable, "-m", "qcuda", "bench", "nope"], capture_output=True, text=True,
+                             timeout=60, cwd=REPO)
+    assert unknown.returncode != 0 and "no benchmark 'nope'" in unknown.stderr
