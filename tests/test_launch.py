@@ -59,20 +59,25 @@ def test_launch_errors(guest, ptx):
     assert err.value.code == guest.Error.cudaErrorSymbolNotFound
 
 
-@needs_nvcc
-def test_device_printf_reaches_the_guest_before_sync_returns(daemon, ptx, tmp_path):
+def kernel_guest(daemon, ptx: bytes, tmp_path, kernel: str, body: str):
+    """A guest process that loads `kernel` from the test PTX as `k`, then runs `body`."""
     path = tmp_path / "k.ptx"
     path.write_bytes(ptx)
-    code = (
+    return daemon.guest(
         "import qcuda, numpy as np\n"
         "dev = qcuda.Device(0)\n"
-        f"k = dev.load_module(open({str(path)!r}, 'rb').read()).get_kernel('hello')\n"
+        f"k = dev.load_module(open({str(path)!r}, 'rb').read()).get_kernel({kernel!r})\n" + body
+    )
+
+
+@needs_nvcc
+def test_device_printf_reaches_the_guest_before_sync_returns(daemon, ptx, tmp_path):
+    proc = kernel_guest(daemon, ptx, tmp_path, "hello", (
         "print('before', flush=True)\n"
         "k.launch(2, 3, np.int32(2))\n"
         "dev.synchronize()\n"
         "print('after', flush=True)\n"
-    )
-    proc = daemon.guest(code)
+    ))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     lines = out.splitlines()
@@ -82,12 +87,7 @@ def test_device_printf_reaches_the_guest_before_sync_returns(daemon, ptx, tmp_pa
 
 @needs_nvcc
 def test_fault_ends_only_that_guests_context(daemon, ptx, tmp_path):
-    path = tmp_path / "k.ptx"
-    path.write_bytes(ptx)
-    faulty = (
-        "import qcuda, numpy as np\n"
-        "dev = qcuda.Device(0)\n"
-        f"k = dev.load_module(open({str(path)!r}, 'rb').read()).get_kernel('write_far')\n"
+    proc = kernel_guest(daemon, ptx, tmp_path, "write_far", (
         "p = dev.allocate(16)\n"
         "k.launch(1, 1, p, np.int64(1 << 44))  # 64 TiB past p: outside every device and arena range\n"
         "try:\n"
@@ -98,8 +98,7 @@ def test_fault_ends_only_that_guests_context(daemon, ptx, tmp_path):
         "    dev.allocate(16)\n"
         "except qcuda.CudaError as e:\n"
         "    print('after', e.code)\n"
-    )
-    proc = daemon.guest(faulty)
+    ))
     healthy = daemon.guest(
         "import qcuda, numpy as np\n"
         "dev = qcuda.Device(0)\n"
