@@ -126,3 +126,16 @@ def test_daemon_killed_mid_transfer_gives_a_bounded_error(fresh_daemon):
     when, _, message = out.strip().partition(" ")
     assert "cudaErrorDevicesUnavailable" in message, out + err
     assert float(when) - killed_at < DEAD_PEER_SECONDS
+
+
+def test_status_names_remote_guests_by_address(daemon):
+    guest = subprocess.Popen([sys.executable, "-c", "import qcuda, sys; qcuda.Device(0).allocate(1000); print('up', "
+                              "flush=True); sys.stdin.readline()"], env=dict(daemon.env, QCUDA_DEVICE=daemon.tcp_url),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert guest.stdout.readline().strip() == "up", guest.stderr.read()
+        status = daemon.cli("status").stdout
+        row = next(line for line in status.splitlines()[2:] if "127.0.0.1:" in line)
+        assert row.split()[2] == "-1" and row.split()[4] == "1000"  # no uid for a remote guest; its memory
+    finally:
+        guest.communicate("\n", timeout=30)
