@@ -129,7 +129,7 @@ def test_daemon_killed_mid_transfer_gives_a_bounded_error(fresh_daemon):
 
 
 def test_status_names_remote_guests_by_address(daemon):
-    guest = subprocess.Popen([sys.executable, "-c", "import qcuda, sys; qcuda.Device(0).allocate(1000); print('up', "
+    guest = subprocess.Popen([sys.executable, "-c", "import qcuda, sys; b = qcuda.Device(0).allocate(1000); print('up', "
                               "flush=True); sys.stdin.readline()"], env=dict(daemon.env, QCUDA_DEVICE=daemon.tcp_url),
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
