@@ -557,3 +557,16 @@ def test_device_malloc_and_assert(built, emu):
         emu.run(mod, "heap", 1, 128, np.zeros(128, np.int32), np.int32(2))
     assert e.value.code == Error.cudaErrorAssert
     assert "thread: [100,0,0] Assertion `i < 100` failed." in "".join(printed)
+
+
+def test_tiles_wider_than_a_warp(built, emu):
+    """tiled_partition<64>/<128> sync through the block's reserved shared memory, as on a GPU."""
+    mod = emu.load(built.ptx("coop.cu"))
+    blocks, block = 2, 256
+    out64, out128 = np.zeros(blocks * block, np.int32), np.zeros(blocks * block, np.int32)
+    emu.run(mod, "wide_tiles", blocks, block, out64, out128)
+    t = np.tile(np.arange(block), blocks)
+    for width, out in ((64, out64), (128, out128)):
+        rank = t % width
+        partner = t - rank + (width - 1 - rank)
+        np.testing.assert_array_equal(out, partner * 7 + width + 1000 * (t // width))

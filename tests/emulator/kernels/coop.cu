@@ -43,3 +43,24 @@ extern "C" __global__ void cg_reduce(const int* in, const float* fin, int* total
         fout[i] = fsum;
     }
 }
+
+// Tiles wider than a warp synchronise through the block's reserved shared memory (%reserved_smem_offset).
+template <int W>
+__device__ void reverse_in_tile(int *s, int *out)
+{
+    auto tile = cg::tiled_partition<W>(cg::this_thread_block());
+    const int t = threadIdx.x;
+    s[t] = t * 7 + W;
+    tile.sync();
+    const int partner = t - tile.thread_rank() + (W - 1 - tile.thread_rank());
+    out[blockIdx.x * blockDim.x + t] = s[partner] + 1000 * tile.meta_group_rank();
+    tile.sync();
+}
+
+extern "C" __global__ void wide_tiles(int *out64, int *out128)
+{
+    __shared__ int s[256];
+    reverse_in_tile<64>(s, out64);
+    __syncthreads();
+    reverse_in_tile<128>(s, out128);
+}

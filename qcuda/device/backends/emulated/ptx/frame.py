@@ -131,6 +131,12 @@ def imm_scalar(imm: Imm, dt: np.dtype):
     return np.array(int(imm.value) & ((1 << bits) - 1), dtype=UINT[dt.itemsize]).view(dt)[()]
 
 
+# Shared memory the system keeps at the end of each block's (1 KiB on sm_80 and later): cooperative groups
+# keep the barriers of tiles wider than a warp there, found through %reserved_smem_offset_* registers.
+RESERVED_SMEM = 1024
+RESERVED_PREFIX = "%reserved_smem_offset"
+
+
 class Frame:
     """One batch of `nblocks` blocks of `tpb` threads, bound to a kernel's registers and layout."""
 
@@ -182,6 +188,11 @@ class Frame:
             "%nwarpid": -(-self.tpb // 32), "%smid": 0, "%nsmid": 1, "%gridid": 0,
             "%dynamic_smem_size": dynamic_shared, "%total_smem_size": shared_bytes,
         }
+        if kernel.reserved_smem:
+            base = shared_bytes - RESERVED_SMEM
+            uniform.update({f"{RESERVED_PREFIX}_begin": base, f"{RESERVED_PREFIX}_end": shared_bytes,
+                            f"{RESERVED_PREFIX}_cap": RESERVED_SMEM, f"{RESERVED_PREFIX}_0": base,
+                            f"{RESERVED_PREFIX}_1": base + 16})
         self.uniform = {k: np.uint32(v) for k, v in uniform.items()}
         self.envregs = (0, 0)  # %envreg1, %envreg2: a cooperative launch's grid workspace (see Kernel.launch)
 

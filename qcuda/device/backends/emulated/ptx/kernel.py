@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from .....protocol.errors import CudaError, Error
-from .frame import DTYPES, REG_DTYPES, Active, Frame, Unsupported, blend
+from .frame import DTYPES, REG_DTYPES, RESERVED_PREFIX, RESERVED_SMEM, Active, Frame, Unsupported, blend
 from .inline import expand_calls
 from .ops import CARRY, Factory, carry_use, decode
 from .parser import Addr, Function, Instruction, Neg, PredPair, Reg, Sym, Variable, Vec
@@ -121,6 +121,7 @@ class Kernel:
         self._dynamic_base = _align(self.static_shared, self.dynamic_align)
         for name in self._dynamic:
             self._symbols[name] = self._dynamic_base
+        self.reserved_smem = _reads_reserved_smem(fn)
 
         self._blocks = self._build_blocks(fn)
         collective = any(i.opcode.split(".")[0] in _COLLECTIVE or (i.opcode.startswith("bar") and ".red" in i.opcode)
@@ -224,6 +225,8 @@ class Kernel:
         tpb = _product(block)
         nblocks = _product(grid)
         shared = _align(self._dynamic_base + shared_bytes, 16) if self._dynamic or self.static_shared else 0
+        if self.reserved_smem:  # the system's part of each block's shared memory, after the program's
+            shared += RESERVED_SMEM
         per_thread = self._reg_bytes + self.local_size + shared / tpb + 48
         batch_threads = max(tpb, min(BATCH_THREADS, int(BATCH_BYTES // per_thread)))
         per_batch = max(1, batch_threads // tpb)
@@ -420,6 +423,12 @@ def _liveness(blocks: list[_Block]) -> list[frozenset[str]]:
                 live_in[k] = new
                 changed = True
     return [frozenset(x) for x in live_in]
+
+
+def _reads_reserved_smem(fn: Function) -> bool:
+    """Whether the kernel reads %reserved_smem_offset_* (cooperative groups' barriers for tiles wider than a warp)."""
+    return any(isinstance(op, Reg) and op.name.startswith(RESERVED_PREFIX)
+               for inst in fn.body if not isinstance(inst, str) for op in inst.operands)
 
 
 def _referenced_symbols(fn: Function) -> set[str]:
