@@ -139,3 +139,30 @@ def test_callbacks_run_in_stream_order_and_hold_the_stream(guest):
     stream.synchronize()
     assert seen == [(stream.handle, 0, v, v) for v in (b"\x01", b"\x02", b"\x03")]
     assert bytes(pinned.view[:1]) == b"\x09"
+
+
+def test_legacy_stream_of_each_device(runtime_dir, monkeypatch):
+    """Handle 0 names the legacy stream of the device it is used with, not always device 0's."""
+    import qcuda
+    from daemons import DaemonProcess
+
+    d = DaemonProcess(runtime_dir, backend="emulated", extra=("--emulated-devices", "2"))
+    try:
+        monkeypatch.setenv("QCUDA_RUNTIME_DIR", str(runtime_dir))
+        monkeypatch.setenv("QCUDA_DEVICE", d.url)
+        qcuda.reset_runtime()
+        dev1 = qcuda.Device(1)
+        big = dev1.allocate(256 << 20)
+        legacy = dev1.default_stream
+        for _ in range(16):
+            big.memset(3, legacy)
+        done = legacy.record()
+        legacy.synchronize()
+        assert done.query() and legacy.query()
+        called = []
+        legacy.add_callback(lambda s, status: called.append((s.device.ordinal, status)))
+        legacy.synchronize()
+        assert called == [(1, 0)]
+    finally:
+        qcuda.reset_runtime()
+        d.stop()

@@ -368,17 +368,17 @@ class Session:
         _, stream = self._streams.pop(msg.stream)
         stream.destroy()
 
-    def _stream_of(self, handle: int, device: int | None = None) -> tuple[int, Stream]:
+    def _stream_of(self, handle: int, device: int) -> tuple[int, Stream]:
+        """A stream by handle; handle 0 is `device`'s legacy default stream."""
         if handle == LEGACY_STREAM:
-            dev = 0 if device is None else device
-            return dev, self._context(dev).default_stream
+            return device, self._context(device).default_stream
         return self._streams.get(handle)
 
     def _stream_synchronize(self, msg: m.StreamSynchronize) -> Later:
-        return Later(self._stream_of(msg.stream)[1].fence())
+        return Later(self._stream_of(msg.stream, msg.device)[1].fence())
 
     def _stream_query(self, msg: m.StreamQuery) -> None:
-        if not self._stream_of(msg.stream)[1].fence().done():
+        if not self._stream_of(msg.stream, msg.device)[1].fence().done():
             raise CudaError(Error.cudaErrorNotReady)
 
     def _stream_wait_event(self, msg: m.StreamWaitEvent) -> None:
@@ -387,7 +387,7 @@ class Session:
 
     def _stream_callback(self, msg: m.StreamCallback) -> None:
         """The stream stops here until the guest has run its callback and said so."""
-        _, stream = self._stream_of(msg.stream)
+        _, stream = self._stream_of(msg.stream, msg.device)
         done = threading.Event()
         with self._callbacks_lock:
             if msg.callback_id in self._callbacks:

@@ -138,13 +138,13 @@ class Client:
             self._lose_daemon()
             raise self.broken from None
 
-    def add_callback(self, stream: int, fn: Callable[[int], None]) -> None:
+    def add_callback(self, stream: int, device: int, fn: Callable[[int], None]) -> None:
         """Run `fn(status)` in this process when `stream` reaches this point; the stream waits for it."""
         with self._lock:
             callback_id = next(self._callback_ids)
             self._callbacks[callback_id] = fn
         try:
-            self.call(m.StreamCallback(stream, callback_id))
+            self.call(m.StreamCallback(stream, callback_id, device))
         except CudaError:
             with self._lock:
                 self._callbacks.pop(callback_id, None)

@@ -43,13 +43,13 @@ class Stream:
         return f"<qcuda.Stream {self.handle} on device {self.device.ordinal}>"
 
     def synchronize(self) -> None:
-        self.device.client.call(m.StreamSynchronize(self.handle))
+        self.device.client.call(m.StreamSynchronize(self.handle, self.device.remote_ordinal))
         self.device.client.raise_deferred()
 
     def query(self) -> bool:
         """True when all work queued so far has run."""
         try:
-            self.device.client.call(m.StreamQuery(self.handle))
+            self.device.client.call(m.StreamQuery(self.handle, self.device.remote_ordinal))
         except CudaError as exc:
             if exc.code == 600:  # cudaErrorNotReady
                 return False
@@ -67,7 +67,7 @@ class Stream:
 
     def add_callback(self, fn) -> None:
         """Call `fn(stream, status)` in this process once the work queued so far has run; later work waits for it."""
-        self.device.client.add_callback(self.handle, lambda status: fn(self, status))
+        self.device.client.add_callback(self.handle, self.device.remote_ordinal, lambda status: fn(self, status))
 
     def launch(self, kernel, grid, block, *args, shared_mem: int = 0) -> None:
         kernel.launch(grid, block, *args, shared_mem=shared_mem, stream=self)

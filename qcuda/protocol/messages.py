@@ -309,17 +309,21 @@ class StreamDestroy(Message):
 @_message
 @dataclass(frozen=True)
 class StreamSynchronize(Message):
+    """`device` says whose legacy default stream handle 0 means (other handles know their device)."""
+
     CMD = Cmd.STREAM_SYNCHRONIZE
-    FORMAT = "Q"
+    FORMAT = "Qi"
     stream: int
+    device: int = 0
 
 
 @_message
 @dataclass(frozen=True)
 class StreamQuery(Message):
     CMD = Cmd.STREAM_QUERY
-    FORMAT = "Q"
+    FORMAT = "Qi"
     stream: int
+    device: int = 0
 
 
 @_message
@@ -338,9 +342,10 @@ class StreamCallback(Message):
     """Run guest callback `callback_id` when the stream reaches this point; the stream waits for it."""
 
     CMD = Cmd.STREAM_CALLBACK
-    FORMAT = "QQ"
+    FORMAT = "QQi"
     stream: int
     callback_id: int
+    device: int = 0
 
 
 @_message
