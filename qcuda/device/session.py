@@ -253,12 +253,10 @@ class Session:
         return self.arena[offset:offset + size]
 
     def _stream(self, handle: int, device: int) -> Stream:
-        if handle == LEGACY_STREAM:
-            return self._context(device).default_stream
-        owner, stream = self._streams.get(handle)
-        if owner != device:
+        """A stream for work on `device` (named by a pointer, event or function): it must be that device's."""
+        if handle != LEGACY_STREAM and (owner := self._streams.get(handle)[0]) != device:
             raise CudaError(Error.cudaErrorInvalidValue, f"stream {handle} belongs to device {owner}, not {device}")
-        return stream
+        return self._stream_of(handle, device)
 
     # -- devices ----------------------------------------------------------------------------
     def _device_count(self, msg: m.DeviceCount) -> m.Message:
@@ -368,17 +366,17 @@ class Session:
         _, stream = self._streams.pop(msg.stream)
         stream.destroy()
 
-    def _stream_of(self, handle: int, device: int) -> tuple[int, Stream]:
+    def _stream_of(self, handle: int, device: int) -> Stream:
         """A stream by handle; handle 0 is `device`'s legacy default stream."""
         if handle == LEGACY_STREAM:
-            return device, self._context(device).default_stream
-        return self._streams.get(handle)
+            return self._context(device).default_stream
+        return self._streams.get(handle)[1]
 
     def _stream_synchronize(self, msg: m.StreamSynchronize) -> Later:
-        return Later(self._stream_of(msg.stream, msg.device)[1].fence())
+        return Later(self._stream_of(msg.stream, msg.device).fence())
 
     def _stream_query(self, msg: m.StreamQuery) -> None:
-        if not self._stream_of(msg.stream, msg.device)[1].fence().done():
+        if not self._stream_of(msg.stream, msg.device).fence().done():
             raise CudaError(Error.cudaErrorNotReady)
 
     def _stream_wait_event(self, msg: m.StreamWaitEvent) -> None:
@@ -387,7 +385,7 @@ class Session:
 
     def _stream_callback(self, msg: m.StreamCallback) -> None:
         """The stream stops here until the guest has run its callback and said so."""
-        _, stream = self._stream_of(msg.stream, msg.device)
+        stream = self._stream_of(msg.stream, msg.device)
         done = threading.Event()
         with self._callbacks_lock:
             if msg.callback_id in self._callbacks:

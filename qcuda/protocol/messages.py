@@ -64,7 +64,6 @@ class Cmd(enum.IntEnum):
 class Flags:
     """Frame flags (plain ints: they are tested on every message)."""
 
-    NONE = 0
     REPLY = 1  # this frame answers the request with the same id
     NO_REPLY = 2  # asynchronous request: answer only if it fails (as DEFERRED_ERROR)
     HOST_MESSAGE = 4  # host -> guest, not an answer to anything
