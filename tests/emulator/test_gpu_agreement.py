@@ -252,6 +252,7 @@ def test_instruction_matches_the_gpu(instruction, floats, gpu):
     float_bits = (rng.standard_normal(n) * 10.0 ** rng.integers(-40, 30, n)).astype(np.float32).view(np.uint32)
     a[::2], c[:64] = float_bits[::2], rng.integers(0, 40, 64)
     b[1::4] = float_bits[1::4]
+    a[2:8:2] = np.array([-0.0, 0.0, -0.0], np.float32).view(np.uint32)  # signed zeros, saturated or not
     ptx = instruction_ptx(instruction)
     args = [a, b, c, np.zeros(n, np.uint32)]
     layout = [(0, 8), (8, 8), (16, 8), (24, 8)]

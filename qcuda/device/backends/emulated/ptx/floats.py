@@ -278,8 +278,8 @@ def _directed_parts(base: str, dt: np.dtype, args: list) -> tuple[np.ndarray, np
 
 
 def saturate(x, dt: np.dtype):
-    """.sat on a float result: clamped to [0, 1], NaN to +0."""
-    return np.clip(np.nan_to_num(x, nan=0.0), 0, 1).astype(dt)
+    """.sat on a float result: clamped to [0, 1], NaN and -0 to +0 (adding +0 turns -0 into +0)."""
+    return np.clip(np.nan_to_num(x, nan=0.0), 0, 1).astype(dt) + dt.type(0)
 
 
 def make_directed(inst: Instruction, base: str, mode: str) -> Factory:
