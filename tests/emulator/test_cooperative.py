@@ -1,5 +1,6 @@
 """Cooperative launches on the emulator: a grid-wide barrier (cg::this_grid().sync()) works when the
-grid runs as one batch with a grid workspace, and traps (it never hangs) in an ordinary launch."""
+grid runs as one batch with a grid workspace, and traps (it never hangs) without one. (The backend gives
+ordinary launches of resident grids one too, as a GPU does: tests/programs/cooperative.cu.)"""
 from __future__ import annotations
 
 import numpy as np

@@ -202,18 +202,22 @@ class EmulatedStream(Stream):
                cooperative: bool = False) -> None:
         if not isinstance(function, EmulatedFunction):
             raise CudaError(Error.cudaErrorInvalidResourceHandle, "not a function of this device")
-        if cooperative:  # every block resident at once (the guest checks the kernel's occupancy more closely)
-            blocks, threads = grid[0] * grid[1] * grid[2], block[0] * block[1] * block[2]
-            sms = _ATTRIBUTES["cudaDevAttrMultiProcessorCount"]
-            if (blocks > sms * _ATTRIBUTES["cudaDevAttrMaxBlocksPerMultiprocessor"]
-                    or blocks * threads > sms * _ATTRIBUTES["cudaDevAttrMaxThreadsPerMultiProcessor"]):
-                raise CudaError(Error.cudaErrorCooperativeLaunchTooLarge, f"{blocks} blocks of {threads} threads "
-                                f"cannot all be resident on {sms} SMs")
+        blocks, threads = grid[0] * grid[1] * grid[2], block[0] * block[1] * block[2]
+        sms = _ATTRIBUTES["cudaDevAttrMultiProcessorCount"]
+        resident = (blocks <= sms * _ATTRIBUTES["cudaDevAttrMaxBlocksPerMultiprocessor"]
+                    and blocks * threads <= sms * _ATTRIBUTES["cudaDevAttrMaxThreadsPerMultiProcessor"])
+        if cooperative and not resident:  # (the guest checks the kernel's occupancy more closely)
+            raise CudaError(Error.cudaErrorCooperativeLaunchTooLarge, f"{blocks} blocks of {threads} threads "
+                            f"cannot all be resident on {sms} SMs")
         if shared_bytes > function.max_dynamic_shared:
             raise CudaError(Error.cudaErrorInvalidValue, f"{shared_bytes} bytes of dynamic shared memory; above "
                             f"{function.max_dynamic_shared} the kernel must opt in with cudaFuncSetAttribute")
         kernel = function.kernel
-        self.enqueue(lambda: kernel.launch(tuple(grid), tuple(block), shared_bytes, params, cooperative))
+        # A GPU gives every launch of a kernel that asks for it a grid workspace, so a grid that is all
+        # resident can sync without a cooperative launch (the H100 does): run such a grid as one batch
+        # too. A larger one gets none, so its grid sync traps where a GPU would hang.
+        whole_grid = cooperative or (kernel.grid_workspace and resident)
+        self.enqueue(lambda: kernel.launch(tuple(grid), tuple(block), shared_bytes, params, whole_grid))
 
     def record(self, event: Event) -> None:
         assert isinstance(event, EmulatedEvent)

@@ -122,6 +122,7 @@ class Kernel:
         for name in self._dynamic:
             self._symbols[name] = self._dynamic_base
         self.reserved_smem = _reads_reserved_smem(fn)
+        self.grid_workspace = _reads_envreg(fn)
 
         self._blocks = self._build_blocks(fn)
         collective = any(i.opcode.split(".")[0] in _COLLECTIVE or (i.opcode.startswith("bar") and ".red" in i.opcode)
@@ -214,10 +215,10 @@ class Kernel:
 
         `cooperative`: the whole grid runs as one batch, and %envreg1/%envreg2 (the high and low halves of
         the grid's workspace, which `cg::this_grid().sync()` counts arrivals in) point at zeroed device
-        memory; otherwise they are 0, and a grid sync traps as on a GPU. One batch is what makes a grid sync
+        memory; otherwise they are 0, so the grid group is not valid and a grid sync traps. One batch is what makes a grid sync
         work under min-PC scheduling: every block's arrival (an atomic add) runs before any block's wait
         loop, so the wait ends at once. The caller keeps the grid small enough to be resident (CUDA's
-        cudaErrorCooperativeLaunchTooLarge)."""
+        cudaErrorCooperativeLaunchTooLarge) and sets it for ordinary launches of such grids too."""
         grid, block = tuple(int(g) for g in grid), tuple(int(b) for b in block)
         self._check_config(grid, block, shared_bytes, params)
         if self.error is not None:
@@ -428,6 +429,12 @@ def _liveness(blocks: list[_Block]) -> list[frozenset[str]]:
 def _reads_reserved_smem(fn: Function) -> bool:
     """Whether the kernel reads %reserved_smem_offset_* (cooperative groups' barriers for tiles wider than a warp)."""
     return any(isinstance(op, Reg) and op.name.startswith(RESERVED_PREFIX)
+               for inst in fn.body if not isinstance(inst, str) for op in inst.operands)
+
+
+def _reads_envreg(fn: Function) -> bool:
+    """Whether the kernel reads %envreg* (cooperative groups' grid workspace: grid sync, is_valid)."""
+    return any(isinstance(op, Reg) and op.name.startswith("%envreg")
                for inst in fn.body if not isinstance(inst, str) for op in inst.operands)
 
 
