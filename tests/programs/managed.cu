@@ -98,7 +98,10 @@ int main() {
   OK(cudaPointerGetAttributes(&attr, x + 1));
   CHECK("managed pointer attributes", attr.type == cudaMemoryTypeManaged && attr.devicePointer == x + 1 &&
                                           attr.hostPointer == x + 1 && attr.device == 0);
-  EXPECT(cudaErrorInvalidValue, cudaMallocManaged(&x, 0));
+  int *none = x;
+  OK(cudaMallocManaged(&none, 0));
+  CHECK("no memory for 0 bytes", none == NULL);
+  EXPECT(cudaErrorInvalidValue, cudaMallocManaged(&none, 64, 0));
 
   OK(cudaEventDestroy(done));
   OK(cudaStreamDestroy(s));

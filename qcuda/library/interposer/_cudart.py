@@ -1167,8 +1167,11 @@ def cudaEventRecordWithFlags(event, stream, flags: int) -> None:
 
 
 def _uncaptured(*events) -> None:
+    """Waiting on or timing an event recorded in a capture: refused, and that capture is over (as CUDA does)."""
     for event in events:
-        if _addr(event) in S.captured_events:
+        captured = S.captured_events.get(_addr(event))
+        if captured is not None:
+            captured[0].invalidate()
             raise CudaError(Error.cudaErrorCapturedEvent, "the event was last recorded in a capture")
 
 
@@ -1450,16 +1453,17 @@ def cudaGraphUpload(graph_exec, stream) -> None:
 
 def cudaGraphLaunch(graph_exec, stream) -> None:
     """The nodes, in capture order, onto `stream`; a launch also waits for the graph's previous launch when that
-    went to another stream (CUDA orders launches of one graph exec)."""
+    went to another stream (CUDA orders launches of one graph exec). Into a capturing stream it is refused
+    and ends that capture, as the H100's runtime does."""
     ge = _graph_exec(graph_exec)
+    _refuse_if_capturing(stream)
     h, k = _addr(stream), _key(stream)
     s, dev = _stream(stream)
-    capturing = k in S.captures
-    if not capturing and ge.done is not None and ge.last_stream != k:
+    if ge.done is not None and ge.last_stream != k:
         (s or dev.default_stream).wait(ge.done)
     for node in ge.nodes:
         node.replay(h)
-    if not capturing and ge.nodes:
+    if ge.nodes:
         if ge.done is None or ge.done.device is not dev:
             ge.done = dev.create_event(timing=False)
         ge.done.record(s)
@@ -1559,18 +1563,22 @@ def cudaOccupancyMaxActiveBlocksPerMultiprocessor(num_blocks, func, block: int, 
 
 
 def cudaOccupancyAvailableDynamicSMemPerBlock(size, func, num_blocks: int, block: int) -> None:
-    """The most dynamic shared memory a block may have for `num_blocks` blocks to fit on an SM (at most what the
-    kernel may have now: its cudaFuncAttributeMaxDynamicSharedMemorySize)."""
+    """The dynamic shared memory per block that leaves room for `num_blocks` blocks on an SM, by CUDA's own
+    arithmetic (cuda_occupancy.h; the H100's runtime agrees): the SM's shared memory split evenly, without
+    the per-block reservation, so launching that many blocks with this much may fit one fewer."""
     dev = device()
     fa = _function_attributes(func, dev)
     a = dev.attributes
     if num_blocks < 1 or _blocks_per_sm(dev, fa, block, 0) < num_blocks:
         _out(size, "size_t", 0)
         return
-    per_block = a["cudaDevAttrMaxSharedMemoryPerMultiprocessor"] // num_blocks
-    per_block = per_block // SHARED_ALLOCATION_UNIT * SHARED_ALLOCATION_UNIT
-    room = per_block - fa["shared_size_bytes"] - a.get("cudaDevAttrReservedSharedMemoryPerBlock", 0)
-    _out(size, "size_t", max(0, min(room, fa["max_dynamic_shared_size_bytes"])))
+    per_block_limit = a["cudaDevAttrMaxSharedMemoryPerBlock"]
+    if fa["max_dynamic_shared_size_bytes"] + fa["shared_size_bytes"] > per_block_limit:  # the kernel opted in
+        per_block_limit = a["cudaDevAttrMaxSharedMemoryPerBlockOptin"]
+    per_block_limit += a.get("cudaDevAttrReservedSharedMemoryPerBlock", 0)
+    per_sm = per_block_limit if num_blocks == 1 else a["cudaDevAttrMaxSharedMemoryPerMultiprocessor"]
+    room = min(per_sm // num_blocks // SHARED_ALLOCATION_UNIT * SHARED_ALLOCATION_UNIT, per_block_limit)
+    _out(size, "size_t", max(0, min(room - fa["shared_size_bytes"], fa["max_dynamic_shared_size_bytes"])))
 
 
 # ---- managed memory -----------------------------------------------------------------------------
@@ -1662,8 +1670,11 @@ def _synchronised() -> None:
 
 def cudaMallocManaged(ptr, size: int, flags: int) -> None:
     _unsafe_call()
-    if ptr == ffi.NULL or size == 0 or flags not in (DEFINES["cudaMemAttachGlobal"], DEFINES["cudaMemAttachHost"]):
+    if ptr == ffi.NULL or flags not in (DEFINES["cudaMemAttachGlobal"], DEFINES["cudaMemAttachHost"]):
         raise CudaError(Error.cudaErrorInvalidValue, f"cudaMallocManaged of {size} bytes, flags {flags:#x}")
+    if size == 0:  # as cudaMalloc: success, and no memory (the H100 does so)
+        _out(ptr, "uintptr_t", 0)
+        return
     dev = device()
     length = -(-size // PAGE) * PAGE
     buffer = dev.allocate(length + PAGE)  # whole pages of its own, whatever the device's alignment

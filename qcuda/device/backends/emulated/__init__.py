@@ -43,7 +43,7 @@ _ATTRIBUTES = {
     "cudaDevAttrManagedMemory": 0, "cudaDevAttrIsMultiGpuBoard": 0, "cudaDevAttrHostNativeAtomicSupported": 0,
     "cudaDevAttrConcurrentManagedAccess": 0, "cudaDevAttrComputePreemptionSupported": 0,
     "cudaDevAttrCanUseHostPointerForRegisteredMem": 0, "cudaDevAttrCooperativeLaunch": 1,
-    "cudaDevAttrMaxSharedMemoryPerBlockOptin": 232448, "cudaDevAttrMaxBlocksPerMultiprocessor": 32,
+    "cudaDevAttrMaxSharedMemoryPerBlockOptin": 232448, "cudaDevAttrReservedSharedMemoryPerBlock": 1024, "cudaDevAttrMaxBlocksPerMultiprocessor": 32,
     "cudaDevAttrMemoryPoolsSupported": 0, "cudaDevAttrHostRegisterSupported": 1,
 }
 
