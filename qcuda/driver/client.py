@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from typing import Callable
 
 import numpy as np
@@ -30,6 +31,7 @@ from .tcp import TcpChannel
 TCP_LOCAL_ARENA = 64 << 20  # pinned host buffers of a TCP guest live here (no zero copy over a network)
 
 STAGING_CHUNK = 16 << 20
+STAGING_BUFFERS = 4  # chunks in flight in a staged copy
 
 
 SPIN_SECONDS = 200e-6  # a caller polls the completion ring itself this long before leaving it to the receiver
@@ -111,13 +113,17 @@ class Client:
 
     def submit(self, msg: m.Message) -> Pending:
         """Send a request whose answer the caller will wait for."""
+        return self._submit(msg, None)
+
+    def _submit(self, msg: m.Message, into: memoryview | None) -> Pending:
         pending = Pending(self)
         with self._lock:
             self._usable()
             rid = next(self._ids)
             self._pending[rid] = pending
         try:
-            pending.indirect = self.channel.send_message(msg, rid)
+            pending.indirect = (self.channel.send_message(msg, rid) if into is None
+                                else self.channel.send_message(msg, rid, into=into))
         except ChannelClosed:
             self._lose_daemon()
             raise self.broken from None
@@ -288,40 +294,44 @@ class Client:
         else:
             self.post(m.ArenaWrite(offset, data))
 
-    def _stage_out(self, offset: int, dst: memoryview) -> None:
+    def _stage_out(self, offset: int, dst: memoryview) -> Pending | None:
+        """Fetch staged bytes into `dst`: at once from the shared arena, or (TCP) as an answer received
+        straight into `dst`, whose Pending is returned so that the next chunk's fetch can follow it."""
         if self.channel.shared_arena:
             dst[:] = self.channel.arena[offset:offset + len(dst)]
-        else:
-            reply = self.call(m.ArenaRead(offset, len(dst)))
-            assert isinstance(reply, m.ArenaReadReply)
-            dst[:] = reply.data
+            return None
+        return self._submit(m.ArenaRead(offset, len(dst)), dst)
 
     def _staged(self, total: int, fill, request, drain) -> None:
-        """Move `total` bytes through two arena chunks: one is copied by the device while the other is filled."""
+        """Move `total` bytes through up to STAGING_BUFFERS arena chunks, so that filling one, the device's copy
+        of another and (TCP) fetching a third overlap. `drain` may return a Pending that must end before its
+        chunk is used again."""
         chunk = min(STAGING_CHUNK, max(4096, self.channel.stage_largest_free() // 2 // 4096 * 4096), total)
-        buffers = [self.channel.stage_alloc(chunk)]
-        if total > chunk:
-            buffers.append(self.channel.stage_alloc(chunk))
-        in_flight: list[tuple[Pending, int, int, int]] = []
+        free = [self.channel.stage_alloc(chunk)]
+        while len(free) < min(STAGING_BUFFERS, -(-total // chunk)) and self.channel.stage_largest_free() >= chunk:
+            free.append(self.channel.stage_alloc(chunk))
+        buffers = list(free)
+        waiting: deque[tuple[Pending, int, int, int, bool]] = deque()  # (pending, offset, position, size, drained)
         try:
             pos = 0
-            turn = 0
-            while pos < total or in_flight:
-                if pos < total and len(in_flight) < len(buffers):
+            while pos < total or waiting:
+                if pos < total and free:
                     n = min(chunk, total - pos)
-                    off = buffers[turn % len(buffers)]
+                    off = free.pop()
                     if fill is not None:
                         fill(off, pos, n)
-                    in_flight.append((self.submit(request(off, pos, n)), off, pos, n))
+                    waiting.append((self.submit(request(off, pos, n)), off, pos, n, False))
                     pos += n
-                    turn += 1
                     continue
-                pending, off, at, n = in_flight.pop(0)
+                pending, off, at, n, drained = waiting.popleft()
                 pending.result()
-                if drain is not None:
-                    drain(off, at, n)
+                after = drain(off, at, n) if drain is not None and not drained else None
+                if after is not None:
+                    waiting.append((after, off, at, n, True))
+                else:
+                    free.append(off)
         finally:
-            for p, *_ in in_flight:
+            for p, *_ in waiting:
                 try:
                     p.result()
                 except CudaError:

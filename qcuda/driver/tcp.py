@@ -34,6 +34,7 @@ class TcpChannel:
         self._file = None
         self._send_lock = threading.Lock()
         self._sock: socket.socket | None = None
+        self._sinks: dict[int, memoryview] = {}  # request id -> where its ARENA_READ answer's data goes
         self.closed = False
 
     def connect(self, hello: m.Hello) -> Frame:
@@ -56,9 +57,12 @@ class TcpChannel:
             self.remote = RangeAllocator(frame.message.arena_size, ARENA_ALIGNMENT)
         return frame
 
-    def send_message(self, msg: m.Message, request_id: int, flags: int = 0) -> None:
-        """Send one request; a large tail (an ARENA_WRITE's data) goes out without being copied into the frame."""
+    def send_message(self, msg: m.Message, request_id: int, flags: int = 0, into: memoryview | None = None) -> None:
+        """Send one request; a large tail (an ARENA_WRITE's data) goes out without being copied into the frame.
+        `into`: an ARENA_READ's data is received straight into it (its reply then carries no data)."""
         head, tail = encode_parts(msg, request_id, flags)
+        if into is not None:
+            self._sinks[request_id] = into
         if self.closed or self._sock is None:
             raise ChannelClosed
         with self._send_lock:
@@ -77,12 +81,24 @@ class TcpChannel:
             header = peek_header(head)
             if isinstance(header, Malformed):
                 raise ChannelClosed  # the byte stream cannot be trusted any more
+            sink = self._sinks.pop(header[4], None) if header[2] & m.Flags.REPLY else None
+            if sink is not None and header[1] == m.Cmd.ARENA_READ and not header[3] and header[5] == len(sink):
+                self._read_into(sink)
+                return Frame(header[1], header[2], 0, header[4], m.ArenaReadReply(b""), version=header[0])
             payload = self._file.read(header[5])
         except (OSError, ValueError):
             raise ChannelClosed from None
         if len(payload) < header[5]:
             raise ChannelClosed
         return decode_parts(header, payload)
+
+    def _read_into(self, sink: memoryview) -> None:
+        got = 0
+        while got < len(sink):
+            n = self._file.readinto(sink[got:])
+            if not n:
+                raise ChannelClosed
+            got += n
 
     def arena_alloc(self, size: int) -> int:
         return _take(self.arena_allocator, self.arena_lock, size, "local pinned-memory arena")
