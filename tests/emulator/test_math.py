@@ -71,14 +71,10 @@ def test_float_math_within_the_guides_bounds(built, emu, approx):
         for col, (name, prec, fast) in enumerate(F32_ULPS):
             _check(name, out[:, col], exact[col].astype(np.float32), fast if approx else prec)
         # intrinsics ("Single-Precision Floating-Point Intrinsic Functions"): __sinf, __cosf: absolute
-        # error 2^-21.41 and 2^-21.19 for x in [-pi, pi], "and larger otherwise" (no bound given). The
-        # kernel's r is in [-pi, pi) only for x >= 0 (fmodf keeps x's sign: down to -3pi for x < 0), so
-        # the bound is checked where it is documented.
-        r = (np.fmod(x, np.float32(6.2831853)) - np.float32(3.1415926)).astype(np.float64)
-        in_range = np.abs(r) <= np.pi
-        assert in_range.sum() > N // 3
-        assert np.abs(out[in_range, 11] - np.sin(r[in_range])).max() <= 2 ** -21.41
-        assert np.abs(out[in_range, 12] - np.cos(r[in_range])).max() <= 2 ** -21.19
+        # error 2^-21.41 and 2^-21.19 for x in [-pi, pi] (the kernel keeps r there), "larger otherwise"
+        r = (np.fmod(np.abs(x), np.float32(6.2831853)) - np.float32(3.1415926)).astype(np.float64)
+        assert np.abs(out[:, 11] - np.sin(r)).max() <= 2 ** -21.41
+        assert np.abs(out[:, 12] - np.cos(r)).max() <= 2 ** -21.19
         # __expf: 2 + floor(|1.173 x|) ulps
         assert (_ulps(out[:, 13], np.exp(b).astype(np.float32)) <= 2 + np.floor(np.abs(1.173 * b))).all()
         # __logf: absolute 2^-21.41 for x in [0.5, 2], else 3 ulps; __log2f: 2^-22 there, else 2 ulps

@@ -10,7 +10,7 @@ extern "C" __global__ void math_f32(const float* x, const float* y, float* out, 
     o[0] = sinf(a);           o[1] = cosf(a);       o[2] = expf(b);       o[3] = exp2f(b);
     o[4] = logf(pos);         o[5] = log2f(pos);    o[6] = powf(pos, b);  o[7] = sqrtf(pos);
     o[8] = rsqrtf(pos);       o[9] = 1.0f / a;      o[10] = a / b;
-    float r = fmodf(a, 6.2831853f) - 3.1415926f;  // the intrinsics' stated bounds hold in [-pi, pi]
+    float r = fmodf(fabsf(a), 6.2831853f) - 3.1415926f;  // in [-pi, pi): where the intrinsics' bounds are stated
     o[11] = __sinf(r);        o[12] = __cosf(r);    o[13] = __expf(b);    o[14] = __logf(pos);
     o[15] = __log2f(pos);     o[16] = __fdividef(a, b);
 }
