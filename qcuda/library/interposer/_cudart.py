@@ -38,7 +38,8 @@ from .._module import Kernel, Module
 from .._stream import Event, Stream
 from ._cudart_abi import (
     DEFINES, STRUCTS, cudaFuncAttribute, cudaFuncCache, cudaGraphNodeType, cudaLaunchAttributeID, cudaLimit,
-    cudaMemcpyKind, cudaMemoryAdvise, cudaMemoryType, cudaStreamCaptureMode, cudaStreamCaptureStatus,
+    cudaMemAccessFlags, cudaMemAllocationType, cudaMemcpyKind, cudaMemLocationType, cudaMemoryAdvise, cudaMemoryType,
+    cudaMemPoolAttr, cudaStreamCaptureMode, cudaStreamCaptureStatus,
 )
 
 ffi = lib = None  # the library's cffi objects, set by install()
@@ -111,6 +112,10 @@ class State:
         self.function_attributes: dict[int, dict[str, int]] = {}  # kernel handle -> its attributes
         self.managed: dict[int, Managed] = {}  # cudaMallocManaged: address -> allocation
         self.managed_streams: dict[int, Stream] = {}
+        self.pools: dict[int, MemPool] = {}  # cudaMemPool_t handle -> pool
+        self.default_pools: dict[int, MemPool] = {}  # device -> its default pool
+        self.current_pools: dict[int, MemPool] = {}  # device -> the pool cudaMallocAsync uses, if not the default
+        self.pool_of: dict[int, MemPool] = {}  # address handed out by a pool -> that pool
         self.host_dirty = False  # the host may have written managed memory since the last transfer
         self.device_touched = False  # device work ran since the last synchronisation point
 
@@ -461,6 +466,19 @@ def _fill(p, struct_name: str, values: dict) -> None:
             buf[off:off + len(data)] = data
 
 
+def _read(p, struct_name: str) -> dict:
+    """The program's struct at `p`, field by field (offsets generated from the headers)."""
+    if p == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, f"a NULL {struct_name} pointer")
+    size, fields = STRUCTS[struct_name]
+    raw = bytes(ffi.buffer(ffi.cast("char *", p), size))
+    out = {}
+    for name, off, code, count in fields:
+        value = struct.unpack_from("<" + code * count, raw, off)
+        out[name] = value[0] if len(value) == 1 else value
+    return out
+
+
 # ---- devices ----------------------------------------------------------------------------------
 def cudaGetDeviceCount(count) -> None:
     try:
@@ -485,8 +503,13 @@ def cudaInitDevice(ordinal: int, device_flags: int, flags: int) -> None:
     device(ordinal)
 
 
+def _attributes(dev: Device) -> dict[str, int]:
+    """The device's attributes as this library presents them: managed memory and memory pools are its own."""
+    return {**dev.attributes, **MANAGED_ATTRIBUTES, **POOL_ATTRIBUTES}
+
+
 def _properties(dev: Device) -> dict:
-    attrs = {**dev.attributes, **MANAGED_ATTRIBUTES}
+    attrs = _attributes(dev)
     values: dict = {"name": dev.name.encode()[:255] + b"\0", "uuid": bytes.fromhex(dev.properties["uuid"]),
                     "totalGlobalMem": dev.total_memory}
     for name, _, _, count in STRUCTS["cudaDeviceProp"][1]:
@@ -508,7 +531,7 @@ def cudaDeviceGetAttribute(value, attr: int, ordinal: int) -> None:
     name = ATTRIBUTES.get(attr)
     if name is None:
         raise CudaError(Error.cudaErrorInvalidValue, f"device attribute {attr}")
-    _out(value, "int", MANAGED_ATTRIBUTES.get(name, device(ordinal).attributes.get(name, 0)))
+    _out(value, "int", _attributes(device(ordinal)).get(name, 0))
 
 
 def cudaDeviceSynchronize() -> None:
@@ -536,6 +559,16 @@ def cudaDeviceReset() -> None:
         managed_stream = S.managed_streams.pop(o, None)
         if managed_stream is not None:
             managed_stream._finalizer.detach()
+        for h in [h for h, pool in S.pools.items() if pool.dev.ordinal == o]:
+            pool = S.pools.pop(h)
+            for block in [*pool.kept, *pool.live.values()]:
+                block.buffer._finalizer.detach()
+                if block.event is not None and block.event._finalizer is not None:
+                    block.event._finalizer.detach()
+        S.default_pools.pop(o, None)
+        S.current_pools.pop(o, None)
+        for address in [a for a, pool in S.pool_of.items() if pool.dev.ordinal == o]:
+            del S.pool_of[address]
         for key in [k for k in S.per_thread if k[1] == o]:
             S.per_thread.pop(key)._finalizer.detach()
         for table in (S.modules, S.kernels, S.symbols):
@@ -660,21 +693,272 @@ def _free(ptr) -> None:
     entry[2].free()
 
 
+# ---- stream-ordered allocation: memory pools -------------------------------------------------------
+# A pool (cudaMemPool_t) lives in the guest library, over the device's ordinary allocations: cudaFreeAsync
+# records an event on its stream and keeps the block; cudaMallocAsync hands a kept block out again when
+# stream order makes that safe (the same stream, or the free has completed, or (by default) the new stream
+# is made to wait for it), else allocates. Kept memory above the pool's release threshold goes back to the
+# device at the next synchronisation point, as CUDA's pools do. Pools are per device; each device has a
+# default pool and a current one (cudaDeviceSetMemPool).
+POOL_ATTR = cudaMemPoolAttr
+POOL_ATTRIBUTES = {"cudaDevAttrMemoryPoolsSupported": 1, "cudaDevAttrMemoryPoolSupportedHandleTypes": 0}
+POOL_FLAGS = ("cudaMemPoolReuseFollowEventDependencies", "cudaMemPoolReuseAllowOpportunistic",
+              "cudaMemPoolReuseAllowInternalDependencies")
+
+
+class PoolBlock:
+    __slots__ = ("buffer", "size", "stream", "event")
+
+    def __init__(self, buffer: DeviceBuffer, size: int) -> None:
+        self.buffer, self.size = buffer, size
+        self.stream: int | tuple | None = None  # the stream that freed it (_key), while it is kept
+        self.event: Event | None = None  # recorded there at the free
+
+
+class MemPool:
+    """One memory pool: the blocks handed out (by address) and those kept for reuse."""
+
+    def __init__(self, dev: Device, handle: int) -> None:
+        self.dev, self.handle = dev, handle
+        self.flags = {name: 1 for name in POOL_FLAGS}
+        self.release_threshold = 0
+        self.live: dict[int, PoolBlock] = {}
+        self.kept: list[PoolBlock] = []
+        self.used_high = self.reserved_high = 0
+
+    @property
+    def used(self) -> int:
+        return sum(b.size for b in self.live.values())
+
+    @property
+    def reserved(self) -> int:
+        return self.used + sum(b.size for b in self.kept)
+
+    def allocate(self, size: int, stream, key: int | tuple) -> int:
+        s = _stream(stream)[0]
+        block = self._reusable(size, s, key)
+        if block is None:
+            block = PoolBlock(self.dev.allocate(size), size)
+        else:
+            self.kept.remove(block)
+            block.stream = None
+        address = block.buffer.handle
+        self.live[address] = block
+        with S.lock:
+            S.track(address, size, self.dev.ordinal, block.buffer)
+            S.pool_of[address] = self
+        self.used_high = max(self.used_high, self.used)
+        self.reserved_high = max(self.reserved_high, self.reserved)
+        return address
+
+    def _reusable(self, size: int, s: Stream | None, key: int | tuple) -> PoolBlock | None:
+        """The smallest kept block of `size` bytes or more that stream order lets `key` use now."""
+        for block in sorted((b for b in self.kept if size <= b.size <= 2 * size), key=lambda b: b.size):
+            if block.stream == key:
+                return block
+            if self.flags["cudaMemPoolReuseAllowOpportunistic"] and block.event.query():
+                return block
+            if self.flags["cudaMemPoolReuseAllowInternalDependencies"]:
+                (s or self.dev.default_stream).wait(block.event)
+                return block
+        return None
+
+    def free(self, address: int, stream, key: int | tuple) -> None:
+        s = _stream(stream)[0]
+        block = self.live.pop(address)
+        with S.lock:
+            S.untrack(address)
+            del S.pool_of[address]
+        if block.event is None:
+            block.event = self.dev.create_event(timing=False)
+        block.event.record(s)
+        block.stream = key
+        self.kept.append(block)
+
+    def trim(self, keep: int) -> None:
+        """Give kept blocks whose frees have completed back to the device until at most `keep` bytes stay."""
+        for block in sorted(self.kept, key=lambda b: -b.size):
+            if self.reserved <= keep:
+                return
+            if block.event.query():
+                self.kept.remove(block)
+                block.event.destroy()
+                block.buffer.free()
+
+    def destroy(self) -> None:
+        for block in self.kept:
+            block.event.destroy()
+            block.buffer.free()
+        self.kept.clear()
+
+
+def _pool(handle) -> MemPool:
+    pool = S.pools.get(_addr(handle))
+    if pool is None:
+        raise CudaError(Error.cudaErrorInvalidValue, "not a memory pool of this process")
+    return pool
+
+
+def _default_pool(dev: Device) -> MemPool:
+    pool = S.default_pools.get(dev.ordinal)
+    if pool is None:
+        pool = S.default_pools[dev.ordinal] = MemPool(dev, S.handle())
+        S.pools[pool.handle] = pool
+    return pool
+
+
+def _current_pool(dev: Device) -> MemPool:
+    return S.current_pools.get(dev.ordinal) or _default_pool(dev)
+
+
+def _release_pools() -> None:
+    """At a synchronisation point, kept memory above each pool's release threshold goes back."""
+    for pool in list(S.pools.values()):
+        if pool.kept and pool.reserved > pool.release_threshold:
+            pool.trim(pool.release_threshold)
+
+
 def cudaMallocAsync(ptr, size: int, stream) -> None:
-    """Allocated at once: memory that exists sooner than the stream needs it is still stream-ordered."""
+    cudaMallocFromPoolAsync(ptr, size, ffi.cast("void *", _current_pool(_stream(stream)[1]).handle), stream)
+
+
+def cudaMallocFromPoolAsync(ptr, size: int, pool, stream) -> None:
+    p = _pool(pool)
     _stream(stream)
     _refuse_if_capturing(stream)  # no allocation nodes in qcuda's graphs
-    _malloc(ptr, size)
+    if ptr == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "cudaMallocAsync(NULL, ...)")
+    if size == 0:
+        _out(ptr, "uintptr_t", 0)
+        return
+    _out(ptr, "uintptr_t", p.allocate(size, stream, _key(stream)))
 
 
 def cudaFreeAsync(ptr, stream) -> None:
-    """Freed once the stream's earlier work is done (the host waits for it)."""
+    """A pool's block is kept for reuse in stream order; other memory is freed once the stream's earlier
+    work is done (the host waits for it)."""
     s, dev = _stream(stream)
     _refuse_if_capturing(stream)  # no allocation nodes in qcuda's graphs
-    if _addr(ptr) == 0:
+    address = _addr(ptr)
+    if address == 0:
+        return
+    pool = S.pool_of.get(address)
+    if pool is not None:
+        pool.free(address, stream, _key(stream))
         return
     (s or dev.default_stream).synchronize()
     _free(ptr)
+
+
+def cudaDeviceGetDefaultMemPool(pool, ordinal: int) -> None:
+    _out(pool, "uintptr_t", _default_pool(device(ordinal)).handle)
+
+
+def cudaDeviceGetMemPool(pool, ordinal: int) -> None:
+    _out(pool, "uintptr_t", _current_pool(device(ordinal)).handle)
+
+
+def cudaDeviceSetMemPool(ordinal: int, pool) -> None:
+    p = _pool(pool)
+    if p.dev is not device(ordinal):
+        raise CudaError(Error.cudaErrorInvalidDevice, f"the pool belongs to device {p.dev.ordinal}")
+    S.current_pools[p.dev.ordinal] = p
+
+
+def cudaMemPoolCreate(pool, props) -> None:
+    fields = _read(props, "cudaMemPoolProps")
+    kind, ordinal = fields["location"]
+    if pool == ffi.NULL or fields["allocType"] != cudaMemAllocationType["cudaMemAllocationTypePinned"]:
+        raise CudaError(Error.cudaErrorInvalidValue, f"pool allocation type {fields['allocType']}")
+    if kind != cudaMemLocationType["cudaMemLocationTypeDevice"]:
+        raise CudaError(Error.cudaErrorNotSupported, "pools of host memory")
+    if fields["handleTypes"]:
+        raise CudaError(Error.cudaErrorNotSupported, "pools whose memory is exported to other processes")
+    if not 0 <= ordinal < _device.device_count():
+        raise CudaError(Error.cudaErrorInvalidDevice, f"device {ordinal}")
+    p = MemPool(device(ordinal), S.handle())
+    S.pools[p.handle] = p
+    _out(pool, "uintptr_t", p.handle)
+
+
+def cudaMemPoolDestroy(pool) -> None:
+    """Memory still handed out stays usable until freed (as CUDA does); kept memory goes back now."""
+    p = _pool(pool)
+    if p in S.default_pools.values():
+        raise CudaError(Error.cudaErrorInvalidValue, "a device's default pool cannot be destroyed")
+    del S.pools[p.handle]
+    for ordinal in [o for o, q in S.current_pools.items() if q is p]:
+        del S.current_pools[ordinal]
+    p.dev.synchronize()
+    p.destroy()
+
+
+def cudaMemPoolTrimTo(pool, keep: int) -> None:
+    _pool(pool).trim(keep)
+
+
+def _pool_attribute(attr: int) -> str:
+    for name, value in POOL_ATTR.items():
+        if value == attr:
+            return name
+    raise CudaError(Error.cudaErrorInvalidValue, f"memory pool attribute {attr}")
+
+
+def cudaMemPoolSetAttribute(pool, attr: int, value) -> None:
+    p, name = _pool(pool), _pool_attribute(attr)
+    if value == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "a NULL value")
+    if name in POOL_FLAGS:
+        p.flags[name] = int(ffi.cast("int *", value)[0] != 0)
+    elif name == "cudaMemPoolAttrReleaseThreshold":
+        p.release_threshold = int(ffi.cast("uint64_t *", value)[0])
+    elif name in ("cudaMemPoolAttrReservedMemHigh", "cudaMemPoolAttrUsedMemHigh"):
+        if ffi.cast("uint64_t *", value)[0] != 0:
+            raise CudaError(Error.cudaErrorInvalidValue, f"{name} can only be reset (to 0)")
+        if name == "cudaMemPoolAttrReservedMemHigh":
+            p.reserved_high = p.reserved
+        else:
+            p.used_high = p.used
+    else:
+        raise CudaError(Error.cudaErrorInvalidValue, f"{name} cannot be set")
+
+
+def cudaMemPoolGetAttribute(pool, attr: int, value) -> None:
+    p, name = _pool(pool), _pool_attribute(attr)
+    if name in POOL_FLAGS:
+        _out(value, "int", p.flags[name])
+        return
+    values = {"cudaMemPoolAttrReleaseThreshold": p.release_threshold, "cudaMemPoolAttrReservedMemCurrent": p.reserved,
+              "cudaMemPoolAttrReservedMemHigh": p.reserved_high, "cudaMemPoolAttrUsedMemCurrent": p.used,
+              "cudaMemPoolAttrUsedMemHigh": p.used_high}
+    if name not in values:
+        raise CudaError(Error.cudaErrorInvalidValue, f"{name}")
+    _out(value, "uint64_t", values[name])
+
+
+def cudaMemPoolSetAccess(pool, descs, count: int) -> None:
+    """Every device of a qcuda process reaches only its own memory: read-write access from the pool's
+    own device is all there is (peer access is not supported)."""
+    p = _pool(pool)
+    size = STRUCTS["cudaMemAccessDesc"][0]
+    for i in range(count):
+        fields = _read(ffi.cast("char *", descs) + i * size, "cudaMemAccessDesc")
+        kind, ordinal = fields["location"]
+        if kind != cudaMemLocationType["cudaMemLocationTypeDevice"] or not 0 <= ordinal < _device.device_count():
+            raise CudaError(Error.cudaErrorInvalidValue, f"memory location {fields['location']}")
+        if ordinal != p.dev.ordinal:
+            raise CudaError(Error.cudaErrorNotSupported, "access to a pool from another device (peer access)")
+        if fields["flags"] != cudaMemAccessFlags["cudaMemAccessFlagsProtReadWrite"]:
+            raise CudaError(Error.cudaErrorInvalidValue, "a pool's own device always has read-write access")
+
+
+def cudaMemPoolGetAccess(flags, pool, location) -> None:
+    p = _pool(pool)
+    kind, ordinal = struct.unpack("<ii", _bytes(_addr(location), 8)) if location != ffi.NULL else (0, -1)
+    if kind != cudaMemLocationType["cudaMemLocationTypeDevice"] or not 0 <= ordinal < _device.device_count():
+        raise CudaError(Error.cudaErrorInvalidValue, "a device location")
+    access = "cudaMemAccessFlagsProtReadWrite" if ordinal == p.dev.ordinal else "cudaMemAccessFlagsProtNone"
+    _out(flags, "int", cudaMemAccessFlags[access])
 
 
 def cudaHostAlloc(ptr, size: int, flags: int) -> None:
@@ -1655,7 +1939,10 @@ def _device_work() -> None:
 
 
 def _synchronised() -> None:
-    """After a synchronisation point: what the device changed since the last one comes back to the host."""
+    """After a synchronisation point: what the device changed since the last one comes back to the host, and
+    memory pools give back what they keep above their release thresholds."""
+    if S.pools:
+        _release_pools()
     if not S.managed or not S.device_touched:
         return
     S.device_touched = False

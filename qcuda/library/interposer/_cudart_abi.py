@@ -551,6 +551,19 @@ STRUCTS: dict[str, tuple[int, tuple[tuple[str, int, str, int], ...]]] = {
         ('nonPortableClusterSizeAllowed', 72, 'i', 1),
         ('reserved', 76, 'i', 16),
     )),
+    'cudaMemPoolProps': (88, (
+        ('allocType', 0, 'i', 1),
+        ('handleTypes', 4, 'i', 1),
+        ('location', 8, 'ii', 1),
+        ('win32SecurityAttributes', 16, 'Q', 1),
+        ('maxSize', 24, 'Q', 1),
+        ('usage', 32, 'H', 1),
+        ('reserved', 34, 'B', 54),
+    )),
+    'cudaMemAccessDesc': (12, (
+        ('location', 0, 'ii', 1),
+        ('flags', 8, 'i', 1),
+    )),
 }
 
 RUNTIME_VERSION = 13000
@@ -574,5 +587,13 @@ cudaGraphNodeType: dict[str, int] = {'cudaGraphNodeTypeKernel': 0, 'cudaGraphNod
 cudaLaunchAttributeID: dict[str, int] = {'cudaLaunchAttributeIgnore': 0, 'cudaLaunchAttributeAccessPolicyWindow': 1, 'cudaLaunchAttributeCooperative': 2, 'cudaLaunchAttributeSynchronizationPolicy': 3, 'cudaLaunchAttributeClusterDimension': 4, 'cudaLaunchAttributeClusterSchedulingPolicyPreference': 5, 'cudaLaunchAttributeProgrammaticStreamSerialization': 6, 'cudaLaunchAttributeProgrammaticEvent': 7, 'cudaLaunchAttributePriority': 8, 'cudaLaunchAttributeMemSyncDomainMap': 9, 'cudaLaunchAttributeMemSyncDomain': 10, 'cudaLaunchAttributePreferredClusterDimension': 11, 'cudaLaunchAttributeLaunchCompletionEvent': 12, 'cudaLaunchAttributeDeviceUpdatableKernelNode': 13, 'cudaLaunchAttributePreferredSharedMemoryCarveout': 14, 'cudaLaunchAttributeNvlinkUtilCentricScheduling': 16, 'cudaDeviceNumaConfigNone': 0}
 
 cudaMemoryAdvise: dict[str, int] = {'cudaMemAdviseSetReadMostly': 1, 'cudaMemAdviseUnsetReadMostly': 2, 'cudaMemAdviseSetPreferredLocation': 3, 'cudaMemAdviseUnsetPreferredLocation': 4, 'cudaMemAdviseSetAccessedBy': 5, 'cudaMemAdviseUnsetAccessedBy': 6}
+
+cudaMemPoolAttr: dict[str, int] = {'cudaMemPoolReuseFollowEventDependencies': 1, 'cudaMemPoolReuseAllowOpportunistic': 2, 'cudaMemPoolReuseAllowInternalDependencies': 3, 'cudaMemPoolAttrReleaseThreshold': 4, 'cudaMemPoolAttrReservedMemCurrent': 5, 'cudaMemPoolAttrReservedMemHigh': 6, 'cudaMemPoolAttrUsedMemCurrent': 7, 'cudaMemPoolAttrUsedMemHigh': 8}
+
+cudaMemAllocationType: dict[str, int] = {'cudaMemAllocationTypeInvalid': 0, 'cudaMemAllocationTypePinned': 1, 'cudaMemAllocationTypeManaged': 2, 'cudaMemAllocationTypeMax': 2147483647}
+
+cudaMemLocationType: dict[str, int] = {'cudaMemLocationTypeInvalid': 0, 'cudaMemLocationTypeNone': 0, 'cudaMemLocationTypeDevice': 1, 'cudaMemLocationTypeHost': 2, 'cudaMemLocationTypeHostNuma': 3, 'cudaMemLocationTypeHostNumaCurrent': 4}
+
+cudaMemAccessFlags: dict[str, int] = {'cudaMemAccessFlagsProtNone': 0, 'cudaMemAccessFlagsProtRead': 1, 'cudaMemAccessFlagsProtReadWrite': 3}
 
 DEFINES: dict[str, int] = {'cudaHostAllocDefault': 0, 'cudaHostAllocPortable': 1, 'cudaHostAllocMapped': 2, 'cudaHostAllocWriteCombined': 4, 'cudaMemAttachGlobal': 1, 'cudaMemAttachHost': 2, 'cudaMemAttachSingle': 4}
