@@ -7,6 +7,8 @@ inactive thread never faults.
 """
 from __future__ import annotations
 
+import threading
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -19,6 +21,7 @@ from .shapes import Factory, Run, no_op, operands, types_of
 
 
 _SPACES = ("global", "shared", "local", "const", "param")
+ATOMIC_LOCK = threading.Lock()  # one atomic instruction's update of global memory at a time (see make_atom)
 
 
 def _window_index(fr: Frame, space: str, addrs: np.ndarray, ids, dt: np.dtype):
@@ -183,6 +186,9 @@ def make_st(inst: Instruction, mods: list[str]) -> Factory:
 def make_atom(inst: Instruction, mods: list[str]) -> Factory:
     """atom/red: the lanes of one instruction take effect one after another in thread order.
 
+    Kernels of several streams run in threads of their own: the read-combine-write of global (and generic)
+    memory holds ATOMIC_LOCK, so atomics stay atomic between kernels running at once, as on a GPU.
+
     Lanes are grouped by memory location (shared and local addresses are per block / thread).
     Associative operations get their old values from a segmented scan in log2(lanes per
     location) steps, and CAS from one step per successful swap, so contention on one address
@@ -228,8 +234,17 @@ def make_atom(inst: Instruction, mods: list[str]) -> Factory:
             counts = np.diff(np.r_[starts, addrs.size])
             rank = np.arange(addrs.size) - np.repeat(starts, counts)
             first = order[starts]
-            current = load_space(fr, space, addrs[first], ids[first], dt)
             vals = [np.broadcast_to(g(), (fr.n,))[lanes[order]] for g in getters]
+            with nullcontext() if space in ("shared", "local") else ATOMIC_LOCK:
+                old, final = update(addrs, ids, first, vals, starts, counts, rank)
+            if write is not None:
+                out = np.empty(addrs.size, dt)
+                out[order] = np.asarray(old).astype(dt)
+                write(out, m)
+
+        def update(addrs, ids, first, vals, starts, counts, rank):
+            """Read, combine and write back each location touched: one indivisible step."""
+            current = load_space(fr, space, addrs[first], ids[first], dt)
             if ftz:
                 current, vals = flush_subnormals(current), [flush_subnormals(vals[0])]
             if half_add is not None:  # rounded at every step: lane after lane, as some serial order does
@@ -243,10 +258,7 @@ def make_atom(inst: Instruction, mods: list[str]) -> Factory:
             if ftz:
                 old, final = (flush_subnormals(np.asarray(x).astype(dt)) for x in (old, final))
             store_space(fr, space, addrs[first], ids[first], np.asarray(final).astype(dt))
-            if write is not None:
-                out = np.empty(addrs.size, dt)
-                out[order] = np.asarray(old).astype(dt)
-                write(out, m)
+            return old, final
         return atom
     return factory
 
