@@ -129,10 +129,11 @@ def status(device) -> None:
     click.echo(f"daemon {info['daemon_pid']} on {', '.join(info['listen'])}: backend {info['backend']}, "
                f"{len(info['sessions'])} session(s), {info['memory']} bytes of device memory in use")
     if info["sessions"]:
-        click.echo(f"{'SESSION':>7} {'GUEST':>21} {'UID':>5} {'WORKER':>7} {'MEMORY':>12} {'ALLOCS':>6} {'CALLS':>8}  AGE")
+        click.echo(f"{'SESSION':>7} {'GUEST':>21} {'UID':>5} {'WORKER':>7} {'MEMORY':>12} {'ALLOCS':>6} {'STREAMS':>7} "
+                   f"{'CALLS':>8}  AGE")
         for s in info["sessions"]:
             click.echo(f"{s['session']:>7} {s['peer']:>21} {s['uid']:>5} {s['worker_pid']:>7} {s['memory']:>12} "
-                       f"{s['allocations']:>6} {s['calls']:>8}  {s['seconds']}s")
+                       f"{s['allocations']:>6} {s['streams']:>7} {s['calls']:>8}  {s['seconds']}s")
 
 
 @main.command()

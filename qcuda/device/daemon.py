@@ -46,10 +46,11 @@ class SessionRecord:
     transport: str
 
     def to_json(self) -> dict:
-        memory, calls, allocations, serving = STATS.unpack_from(self.stats, 0)
+        memory, calls, allocations, serving, streams = STATS.unpack_from(self.stats, 0)
         return {
             "session": self.id, "worker_pid": self.pid, "peer": self.peer, "uid": self.uid,
-            "transport": self.transport, "memory": memory, "allocations": allocations, "calls": calls,
+            "transport": self.transport, "memory": memory, "allocations": allocations, "streams": streams,
+            "calls": calls,
             "serving": bool(serving), "seconds": round(time.time() - self.started, 1),
         }
 

@@ -90,6 +90,9 @@ class _Table:
         del self._items[handle]
         return item
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def values(self):
         return list(self._items.values())
 
@@ -207,6 +210,11 @@ class Session:
         self._allocs.clear()
         self._starts.clear()
         self.stats.memory = self.stats.allocations = 0
+
+    @property
+    def stream_count(self) -> int:
+        """Streams the guest has created and not destroyed (`qcuda status` shows them: a leak shows)."""
+        return len(self._streams)
 
     # -- lookups ----------------------------------------------------------------------------
     def _context(self, device: int) -> Context:

@@ -24,7 +24,7 @@ from .session import Limits, Session
 from .shm import HostChannel, map_region
 from .tcp import HANDLED, TcpHostChannel
 
-STATS = struct.Struct("<QQQQ")  # memory in use, calls, allocations, state (1 = serving)
+STATS = struct.Struct("<QQQQQ")  # memory in use, calls, allocations, state (1 = serving), streams
 EOF_CHECK_SECONDS = 0.02
 # The loop busy-polls while holding the GIL; waiter and stream threads must get it within this long,
 # not after Python's default 5 ms. (A sleep(0) in the loop instead yields the CPU to other processes.)
@@ -82,7 +82,8 @@ class OutputForwarder:
 def publish(stats_buf, session: Session | None, serving: bool) -> None:
     """Write this session's figures where the daemon reads them for `qcuda status`."""
     s = session.stats if session is not None else None
-    STATS.pack_into(stats_buf, 0, s.memory if s else 0, s.calls if s else 0, s.allocations if s else 0, int(serving))
+    STATS.pack_into(stats_buf, 0, s.memory if s else 0, s.calls if s else 0, s.allocations if s else 0, int(serving),
+                    session.stream_count if session is not None else 0)
 
 
 def run_shm_guest(

@@ -136,3 +136,56 @@ def test_devices_of_two_daemons(daemon, two_device_daemon, built):
     """QCUDA_DEVICE names two daemons: the program sees their devices as one numbering."""
     result = run(daemon, built["multi_device"], f"{daemon.url},{two_device_daemon.url}")
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "PASS", result.stdout + result.stderr
+
+
+THREADS = r"""
+#include <cstdio>
+#include <thread>
+#include <cuda_runtime.h>
+__global__ void touch(int *p) { atomicAdd(p + threadIdx.x, 1); }
+static void work(int *p) {
+  touch<<<1, 32, 0, cudaStreamPerThread>>>(p);
+  if (cudaStreamSynchronize(cudaStreamPerThread) != cudaSuccess) printf("FAIL\n");
+}
+int main() {
+  int *p, host[32];
+  cudaMalloc(&p, sizeof host);
+  cudaMemset(p, 0, sizeof host);
+  for (int round = 0; round < 8; round++) {
+    std::thread workers[8];
+    for (auto &w : workers) w = std::thread(work, p);
+    for (auto &w : workers) w.join();
+  }
+  std::thread last(work, p);
+  last.join();
+  cudaMemcpy(host, p, sizeof host, cudaMemcpyDeviceToHost);
+  printf("%d ready\n", host[0]);
+  fflush(stdout);
+  getchar();
+  return 0;
+}
+"""
+
+
+def test_per_thread_streams_end_with_their_threads(fresh_daemon, tmp_path):
+    """65 threads, one after another in rounds, each with its per-thread default stream: the daemon does not
+    keep a stream per thread that has ended (`qcuda status` counts the session's streams)."""
+    if not LIBRARY.exists():
+        from qcuda.library.interposer.build import build
+
+        build(LIBRARY_DIR)
+    (tmp_path / "threads.cu").write_text(THREADS)
+    program = nvcc([tmp_path / "threads.cu"], tmp_path / "threads", "-cudart", "shared")
+    guest = subprocess.Popen([sys.executable, "-m", "qcuda", "run", "--", str(program)],
+                             env=dict(fresh_daemon.env, QCUDA_DEVICE=fresh_daemon.url), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=HERE.parent.parent)
+    try:
+        assert guest.stdout.readline() == "65 ready\n"
+        lines = fresh_daemon.cli("status").stdout.splitlines()
+        header = next(i for i, line in enumerate(lines) if "STREAMS" in line)
+        (row,) = [line.split() for line in lines[header + 1:]]  # this guest's session alone
+        streams = int(row[lines[header].split().index("STREAMS")])
+        assert streams <= 2, lines  # the last thread's, at most: not one per ended thread
+    finally:
+        guest.communicate("\n", timeout=60)
+    assert guest.returncode == 0

@@ -91,6 +91,7 @@ class State:
         self.registered: dict[int, tuple[int, int]] = {}  # cudaHostRegister: address -> (size, flags)
         self.streams: dict[int, Stream] = {}
         self.per_thread: dict[tuple[int, int], Stream] = {}  # (thread id, device) -> its per-thread default stream
+        self.ended_streams: list[Stream] = []  # per-thread streams of threads that have ended
         self.stream_info: dict[int, tuple[int, int]] = {}  # handle -> (flags, priority)
         self.events: dict[int, Event] = {}
         self.next_handle = 0x1000
@@ -179,15 +180,48 @@ def _stream(handle) -> tuple[Stream | None, Device]:
     return s, s.device
 
 
+class ThreadStreams:
+    """A thread's per-thread default streams, by device. It sits in a thread-local slot, so Python drops it when
+    the thread ends (cffi keeps a C thread's Python state until then); CUDA frees a thread's per-thread stream
+    then, and so does qcuda: the streams are queued and destroyed at the next per-thread stream's creation (not
+    from the ending thread's teardown, where calling the daemon is not safe)."""
+
+    def __init__(self) -> None:
+        self.streams: dict[int, Stream] = {}
+
+    def __del__(self) -> None:
+        S.ended_streams.extend(self.streams.values())
+
+
+_thread_streams = threading.local()  # .owner: this thread's ThreadStreams
+
+
 def _per_thread_stream() -> Stream:
     """The calling thread's default stream on the current device (created at its first use): as CUDA defines
     it, a blocking stream, so it synchronises with the legacy stream but not with other streams."""
     dev = device()
     key = (threading.get_ident(), dev.ordinal)
-    s = S.per_thread.get(key)
-    if s is None:
-        s = S.per_thread[key] = dev.create_stream(non_blocking=False)
+    owner = getattr(_thread_streams, "owner", None)
+    if owner is None:
+        owner = _thread_streams.owner = ThreadStreams()
+    s = owner.streams.get(dev.ordinal)
+    if s is None or S.per_thread.get(key) is not s:  # none yet, or cudaDeviceReset dropped it
+        _destroy_ended_streams()
+        s = owner.streams[dev.ordinal] = S.per_thread[key] = dev.create_stream(non_blocking=False)
     return s
+
+
+def _destroy_ended_streams() -> None:
+    """Destroy the per-thread streams of threads that have ended (a reset device's are gone already)."""
+    while S.ended_streams:
+        s = S.ended_streams.pop()
+        key = next((k for k, v in S.per_thread.items() if v is s), None)
+        if key is not None:
+            del S.per_thread[key]
+        try:
+            s.destroy()  # nothing to do where cudaDeviceReset dropped it already
+        except CudaError:
+            pass  # its device went away: nothing is left to free
 
 
 def _key(stream) -> int | tuple:
