@@ -38,25 +38,32 @@ SPIN_SECONDS = 200e-6  # a caller polls the completion ring itself this long bef
 
 
 class Pending:
-    """An answer still to come."""
+    """An answer still to come. Most answers arrive while their caller polls for them itself: the Event a
+    waiting caller sleeps on is made only when the caller stops polling (resolve() sets `frame` before it
+    looks for the Event, the caller makes the Event before it looks at `frame` again: one always sees the other)."""
 
-    __slots__ = ("_done", "frame", "indirect", "_client")
+    __slots__ = ("frame", "indirect", "_client", "_waiter")
 
     def __init__(self, client: "Client") -> None:
-        self._done = threading.Event()
         self.frame: Frame | CudaError | None = None
         self.indirect: int | None = None
         self._client = client
+        self._waiter: threading.Event | None = None
 
     def resolve(self, frame: Frame | CudaError) -> None:
         self.frame = frame
-        self._done.set()
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.set()
 
     def result(self) -> m.Message:
         """The reply message; raises CudaError if the request failed."""
-        if not self._done.is_set():
+        if self.frame is None:
             self._client._poll_for(self)
-            self._done.wait()
+            if self.frame is None:
+                self._waiter = threading.Event()
+                if self.frame is None:
+                    self._waiter.wait()
         frame = self.frame
         if isinstance(frame, CudaError):
             raise frame
@@ -192,7 +199,7 @@ class Client:
         self.channel.hush()
         try:
             deadline = time.perf_counter() + SPIN_SECONDS
-            while not pending._done.is_set() and time.perf_counter() < deadline:
+            while pending.frame is None and time.perf_counter() < deadline:
                 frame = self.channel.poll()
                 if frame is not None:
                     self._deliver(frame)

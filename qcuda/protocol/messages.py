@@ -103,13 +103,12 @@ class Message:
         return obj
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == self.TAIL:
-                if not isinstance(value, (bytes, str, memoryview)):
-                    raise TypeError(f"{type(self).__name__}.{f.name} must be bytes or str")
-            elif not isinstance(value, (int, float)):
-                raise TypeError(f"{type(self).__name__}.{f.name} must be a number, not {type(value).__name__}")
+        values = self.__dict__
+        for name in self._fixed:  # (every message is built on the hot path: no dataclasses.fields() here)
+            if not isinstance(values[name], (int, float)):
+                raise TypeError(f"{type(self).__name__}.{name} must be a number, not {type(values[name]).__name__}")
+        if self.TAIL is not None and not isinstance(values[self.TAIL], (bytes, str, memoryview)):
+            raise TypeError(f"{type(self).__name__}.{self.TAIL} must be bytes or str")
 
 
 def _message(cls):
