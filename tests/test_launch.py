@@ -156,3 +156,18 @@ def test_kernel_attributes_and_dynamic_shared_memory_opt_in(guest, ptx):
     assert np.array_equal(out.to_numpy(np.int32), np.arange(n)[::-1])
     with pytest.raises(guest.CudaError):
         kernel.set_max_dynamic_shared_memory(1 << 30)
+
+
+@needs_nvcc
+def test_cluster_launch(guest, ptx):
+    dev = guest.Device(0)
+    kernel = dev.load_module(ptx).get_kernel("cluster_ranks")
+    out = dev.allocate(12 * 4)
+    kernel.launch(12, 32, out, cluster=(4, 1, 1))
+    assert out.to_numpy(np.int32).tolist() == [r * 100 + 4 for r in (0, 1, 2, 3)] * 3
+    kernel.launch(12, 32, out)  # an ordinary launch: clusters of one block
+    assert out.to_numpy(np.int32).tolist() == [1] * 12
+    with pytest.raises(guest.CudaError) as err:
+        kernel.launch(10, 32, out, cluster=(4, 1, 1))
+        dev.synchronize()
+    assert err.value.code == guest.Error.cudaErrorInvalidClusterSize

@@ -140,6 +140,7 @@ class Session:
             m.EventElapsed: self._event_elapsed, m.ModuleLoad: self._module_load,
             m.ModuleUnload: self._module_unload, m.ModuleGetFunction: self._module_get_function,
             m.ModuleGetGlobal: self._module_get_global, m.Launch: self._launch, m.LaunchCooperative: self._launch,
+            m.LaunchCluster: self._launch,
             m.FuncGetAttributes: self._func_get_attributes, m.FuncSetAttribute: self._func_set_attribute,
         }
 
@@ -472,7 +473,7 @@ class Session:
     def _func_set_attribute(self, msg: m.FuncSetAttribute) -> None:
         self._functions.get(msg.function)[1].set_attribute(msg.attribute, msg.value)
 
-    def _launch(self, msg: m.Launch) -> None:
+    def _launch(self, msg: m.Launch | m.LaunchCluster) -> None:
         device, fn = self._functions.get(msg.function)
         grid, block = (msg.grid_x, msg.grid_y, msg.grid_z), (msg.block_x, msg.block_y, msg.block_z)
         if min(grid) < 1 or min(block) < 1 or block[0] * block[1] * block[2] > 1024:
@@ -481,5 +482,11 @@ class Session:
         need = max((off + size for off, size in layout), default=0)
         if len(msg.params) < need:
             raise CudaError(Error.cudaErrorInvalidValue, f"{len(msg.params)} parameter bytes, the kernel takes {need}")
-        self._stream(msg.stream, device).launch(fn, grid, block, msg.shared_bytes, msg.params,
-                                                isinstance(msg, m.LaunchCooperative))
+        if isinstance(msg, m.LaunchCluster):
+            cluster, cooperative = (msg.cluster_x, msg.cluster_y, msg.cluster_z), bool(msg.cooperative)
+            if min(cluster) < 1 or any(g % c for g, c in zip(grid, cluster)):
+                raise CudaError(Error.cudaErrorInvalidClusterSize, f"grid {grid} is not a whole number of "
+                                                                   f"clusters {cluster}")
+        else:
+            cluster, cooperative = None, isinstance(msg, m.LaunchCooperative)
+        self._stream(msg.stream, device).launch(fn, grid, block, msg.shared_bytes, msg.params, cooperative, cluster)

@@ -89,12 +89,17 @@ class Kernel:
             block[off:off + n] = _argument_bytes(arg, n, i, self.name)
         return bytes(block)
 
-    def launch(self, grid, block, *args, shared_mem: int = 0, stream=None) -> None:
-        """Queue the kernel; errors of its execution surface at the next synchronisation."""
+    def launch(self, grid, block, *args, shared_mem: int = 0, stream=None, cluster=None) -> None:
+        """Queue the kernel; errors of its execution surface at the next synchronisation. `cluster`: launch in
+        thread block clusters of that shape (sm_90; the grid must be a whole number of them)."""
         device = self.module.device
         handle = 0 if stream is None else stream.handle
         g, b = _dim3(grid), _dim3(block)
-        device.client.call(m.Launch(self.handle, *g, *b, shared_mem, handle, self.pack(args)))
+        if cluster is None:
+            device.client.call(m.Launch(self.handle, *g, *b, shared_mem, handle, self.pack(args)))
+        else:
+            device.client.call(m.LaunchCluster(self.handle, *g, *b, shared_mem, handle, *_dim3(cluster), 0,
+                                               self.pack(args)))
 
 
 def _argument_bytes(arg, size: int, index: int, name: str) -> bytes:

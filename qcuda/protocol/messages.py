@@ -53,6 +53,7 @@ class Cmd(enum.IntEnum):
     FUNC_GET_ATTRIBUTES = 55
     FUNC_SET_ATTRIBUTE = 56
     LAUNCH_COOPERATIVE = 57
+    LAUNCH_CLUSTER = 58
     CONTROL_STATUS = 90
     CONTROL_KILL = 91
     # host -> guest, unasked
@@ -475,6 +476,32 @@ class LaunchCooperative(Launch):
     refused with cudaErrorCooperativeLaunchTooLarge when they cannot all be resident."""
 
     CMD = Cmd.LAUNCH_COOPERATIVE
+
+
+@_message
+@dataclass(frozen=True)
+class LaunchCluster(Message):
+    """A launch in thread block clusters of `cluster_x` x `cluster_y` x `cluster_z` blocks (sm_90): the grid is a
+    whole number of clusters, whose blocks run at once and may synchronise as a cluster. `cooperative` as
+    LaunchCooperative."""
+
+    CMD = Cmd.LAUNCH_CLUSTER
+    FORMAT = "QIIIIIIIQIIII"
+    TAIL = "params"
+    function: int
+    grid_x: int
+    grid_y: int
+    grid_z: int
+    block_x: int
+    block_y: int
+    block_z: int
+    shared_bytes: int
+    stream: int
+    cluster_x: int
+    cluster_y: int
+    cluster_z: int
+    cooperative: int
+    params: bytes
 
 
 @_message

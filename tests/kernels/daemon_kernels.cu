@@ -41,3 +41,11 @@ extern "C" __global__ void reverse_dynamic(int *out, int n)
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = tile[n - 1 - i];
 }
+
+// where each block sits in its thread block cluster: rank * 100 + cluster size
+extern "C" __global__ void cluster_ranks(int *out) {
+  unsigned rank, size;
+  asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+  asm("mov.u32 %0, %%cluster_nctarank;" : "=r"(size));
+  if (threadIdx.x == 0) out[blockIdx.x] = rank * 100 + size;
+}

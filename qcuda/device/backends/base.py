@@ -130,8 +130,10 @@ class Stream(ABC):
 
     @abstractmethod
     def launch(self, function: Function, grid: tuple[int, int, int], block: tuple[int, int, int],
-               shared_bytes: int, params: bytes, cooperative: bool = False) -> None:
-        """`cooperative`: all blocks resident at once, grid-wide synchronisation allowed."""
+               shared_bytes: int, params: bytes, cooperative: bool = False,
+               cluster: tuple[int, int, int] | None = None) -> None:
+        """`cooperative`: all blocks resident at once, grid-wide synchronisation allowed. `cluster`: thread block
+        clusters of that shape (None: as the kernel was compiled, one block unless it names a shape)."""
 
     @abstractmethod
     def record(self, event: Event) -> None: ...

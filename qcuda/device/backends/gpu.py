@@ -232,6 +232,29 @@ class GpuFunction(Function):
         check(cu.cuFuncSetAttribute(self.handle, cu.CUfunction_attribute(attribute), value))
 
 
+def _launch_config(grid, block, shared_bytes: int, stream: cu.CUstream, cooperative: bool,
+                   cluster: tuple[int, int, int]) -> cu.CUlaunchConfig:
+    """cuLaunchKernelEx's configuration for a launch in clusters of `cluster` blocks (and cooperative)."""
+    A = cu.CUlaunchAttributeID
+    shape = cu.CUlaunchAttribute()
+    shape.id = A.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+    shape.value.clusterDim.x, shape.value.clusterDim.y, shape.value.clusterDim.z = cluster
+    attrs = [shape]
+    if cooperative:
+        together = cu.CUlaunchAttribute()
+        together.id = A.CU_LAUNCH_ATTRIBUTE_COOPERATIVE
+        together.value.cooperative = 1
+        attrs.append(together)
+    config = cu.CUlaunchConfig()
+    config.gridDimX, config.gridDimY, config.gridDimZ = grid
+    config.blockDimX, config.blockDimY, config.blockDimZ = block
+    config.sharedMemBytes = shared_bytes
+    config.hStream = stream
+    config.attrs = attrs
+    config.numAttrs = len(attrs)
+    return config
+
+
 def _param_layout(function: cu.CUfunction) -> list[tuple[int, int]]:
     """(offset, size) per parameter: the driver answers for index 0, 1, ... until there is no such parameter."""
     layout: list[tuple[int, int]] = []
@@ -270,14 +293,17 @@ class GpuStream(Stream):
         check(fill(ptr, value & ((1 << (8 * element_size)) - 1), count, self.handle))
 
     def launch(self, function: Function, grid, block, shared_bytes: int, params: bytes,
-               cooperative: bool = False) -> None:
+               cooperative: bool = False, cluster: tuple[int, int, int] | None = None) -> None:
         if not isinstance(function, GpuFunction):
             raise CudaError(Error.cudaErrorInvalidResourceHandle, "not a function of this device")
         self._ctx.enter()
         block_bytes = np.frombuffer(params, np.uint8)  # the driver copies the values before cuLaunchKernel returns
         pointers = function.offsets + np.uint64(block_bytes.ctypes.data)
         kernel_params = pointers.ctypes.data if len(pointers) else 0
-        if cooperative:
+        if cluster is not None:
+            check(cu.cuLaunchKernelEx(_launch_config(grid, block, shared_bytes, self.handle, cooperative, cluster),
+                                      function.handle, kernel_params, 0))
+        elif cooperative:
             check(cu.cuLaunchCooperativeKernel(function.handle, *grid, *block, shared_bytes, self.handle,
                                                kernel_params))
         else:

@@ -372,7 +372,11 @@ def cudaLaunchCooperativeKernel(func, grid, block, args, shared: int, stream) ->
     _launch(func, (grid.x, grid.y, grid.z), (block.x, block.y, block.z), args, shared, stream, True)
 
 
-def _launch(func, g: tuple[int, ...], b: tuple[int, ...], args, shared: int, stream, cooperative: bool) -> None:
+MAX_CLUSTER_BLOCKS = 8  # sm_90's portable cluster size (larger ones need an attribute qcuda does not take)
+
+
+def _launch(func, g: tuple[int, ...], b: tuple[int, ...], args, shared: int, stream, cooperative: bool,
+            cluster: tuple[int, int, int] | None = None) -> None:
     s, dev = _stream(stream)
     kernel = _kernel(_addr(func), dev)
     _check_configuration(dev, g, b, shared)
@@ -389,8 +393,14 @@ def _launch(func, g: tuple[int, ...], b: tuple[int, ...], args, shared: int, str
         raise CudaError(Error.cudaErrorInvalidValue, "no kernel arguments")
     for i, (off, n) in enumerate(layout):
         params[off:off + n] = ffi.buffer(ffi.cast("char *", args[i]), n)
-    message = m.LaunchCooperative if cooperative else m.Launch
-    _submit_launch(dev, message(kernel.handle, *g, *b, shared, 0, bytes(params)), _addr(stream))
+    if cluster is not None:
+        if min(cluster) < 1 or cluster[0] * cluster[1] * cluster[2] > MAX_CLUSTER_BLOCKS or any(
+                x % c for x, c in zip(g, cluster)):
+            raise CudaError(Error.cudaErrorInvalidClusterSize, f"grid {g} in clusters {cluster}")
+        launch = m.LaunchCluster(kernel.handle, *g, *b, shared, 0, *cluster, int(cooperative), bytes(params))
+    else:
+        launch = (m.LaunchCooperative if cooperative else m.Launch)(kernel.handle, *g, *b, shared, 0, bytes(params))
+    _submit_launch(dev, launch, _addr(stream))
 
 
 # cudaLaunchConfig_t and cudaLaunchAttribute (offsets measured with offsetof against CUDA 13.0's headers)
@@ -406,29 +416,32 @@ IGNORED_ATTRIBUTES = {ATTR[k] for k in (  # hints and scheduling preferences wit
 
 def cudaLaunchKernelExC(config, func, args) -> None:
     """cudaLaunchKernelEx (a header template over this): the configuration struct and its attributes. Cooperative
-    launches and clusters of one block are run; priorities and the other scheduling hints are accepted."""
+    launches and thread block clusters are run; priorities and the other scheduling hints are accepted."""
     if config == ffi.NULL:
         raise CudaError(Error.cudaErrorInvalidValue, "a NULL launch configuration")
     raw = bytes(ffi.buffer(ffi.cast("char *", config), struct.calcsize(CONFIG_FORMAT)))
     gx, gy, gz, bx, by, bz, shared, stream, attrs, count = struct.unpack(CONFIG_FORMAT, raw)
     if count and attrs == 0:
         raise CudaError(Error.cudaErrorInvalidValue, "attributes announced but none given")
-    cooperative = False
+    cooperative, cluster = False, None
     for i in range(count):
         base = attrs + i * ATTRIBUTE_SIZE
         ident = struct.unpack("<i", _bytes(base, 4))[0]
         value = _bytes(base + ATTRIBUTE_VALUE, 12)
         if ident == ATTR["cudaLaunchAttributeCooperative"]:
             cooperative = struct.unpack("<i", value[:4])[0] != 0
-        elif ident in (ATTR["cudaLaunchAttributeClusterDimension"], ATTR["cudaLaunchAttributePreferredClusterDimension"]):
-            if struct.unpack("<3I", value)[0:3] not in ((1, 1, 1), (0, 0, 0)):
-                raise CudaError(Error.cudaErrorNotSupported, "thread block clusters of more than one block")
+        elif ident == ATTR["cudaLaunchAttributeClusterDimension"]:
+            shape = struct.unpack("<3I", value)
+            if shape != (0, 0, 0):
+                cluster = shape
+        elif ident == ATTR["cudaLaunchAttributePreferredClusterDimension"]:
+            pass  # a preference: the required shape (or one block) always satisfies it
         elif ident not in IGNORED_ATTRIBUTES:
             raise CudaError(Error.cudaErrorNotSupported, f"launch attribute {ident}")
-    _launch(func, (gx, gy, gz), (bx, by, bz), args, shared, ffi.cast("void *", stream), cooperative)
+    _launch(func, (gx, gy, gz), (bx, by, bz), args, shared, ffi.cast("void *", stream), cooperative, cluster)
 
 
-def _submit_launch(dev: Device, launch: m.Launch, stream: int) -> None:
+def _submit_launch(dev: Device, launch: m.Launch | m.LaunchCluster, stream: int) -> None:
     """Post `launch` on `stream`, or record it when the stream captures (arguments are taken by value now)."""
     if not _record(stream, "kernel", lambda h: _submit_launch(dev, launch, h)):
         _device_work()

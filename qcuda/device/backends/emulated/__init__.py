@@ -42,7 +42,7 @@ _ATTRIBUTES = {
     "cudaDevAttrMaxSharedMemoryPerMultiprocessor": 233472, "cudaDevAttrMaxRegistersPerMultiprocessor": 65536,
     "cudaDevAttrManagedMemory": 0, "cudaDevAttrIsMultiGpuBoard": 0, "cudaDevAttrHostNativeAtomicSupported": 0,
     "cudaDevAttrConcurrentManagedAccess": 0, "cudaDevAttrComputePreemptionSupported": 0,
-    "cudaDevAttrCanUseHostPointerForRegisteredMem": 0, "cudaDevAttrCooperativeLaunch": 1,
+    "cudaDevAttrCanUseHostPointerForRegisteredMem": 0, "cudaDevAttrCooperativeLaunch": 1, "cudaDevAttrClusterLaunch": 1,
     "cudaDevAttrMaxSharedMemoryPerBlockOptin": 232448, "cudaDevAttrReservedSharedMemoryPerBlock": 1024, "cudaDevAttrMaxBlocksPerMultiprocessor": 32,
     "cudaDevAttrMemoryPoolsSupported": 0, "cudaDevAttrHostRegisterSupported": 1,
 }
@@ -199,7 +199,7 @@ class EmulatedStream(Stream):
         self.enqueue(lambda: target.fill(fill), small=element_size * count <= INLINE_BYTES)
 
     def launch(self, function: Function, grid, block, shared_bytes: int, params: bytes,
-               cooperative: bool = False) -> None:
+               cooperative: bool = False, cluster: tuple[int, int, int] | None = None) -> None:
         if not isinstance(function, EmulatedFunction):
             raise CudaError(Error.cudaErrorInvalidResourceHandle, "not a function of this device")
         blocks, threads = grid[0] * grid[1] * grid[2], block[0] * block[1] * block[2]
@@ -213,11 +213,12 @@ class EmulatedStream(Stream):
             raise CudaError(Error.cudaErrorInvalidValue, f"{shared_bytes} bytes of dynamic shared memory; above "
                             f"{function.max_dynamic_shared} the kernel must opt in with cudaFuncSetAttribute")
         kernel = function.kernel
+        kernel.cluster_shape(tuple(grid), cluster)  # refused now, as a GPU refuses it at the launch
         # A GPU gives every launch of a kernel that asks for it a grid workspace, so a grid that is all
         # resident can sync without a cooperative launch (the H100 does): run such a grid as one batch
         # too. A larger one gets none, so its grid sync traps where a GPU would hang.
         whole_grid = cooperative or (kernel.grid_workspace and resident)
-        self.enqueue(lambda: kernel.launch(tuple(grid), tuple(block), shared_bytes, params, whole_grid))
+        self.enqueue(lambda: kernel.launch(tuple(grid), tuple(block), shared_bytes, params, whole_grid, cluster))
 
     def record(self, event: Event) -> None:
         assert isinstance(event, EmulatedEvent)

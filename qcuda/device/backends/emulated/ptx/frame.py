@@ -131,6 +131,8 @@ def imm_scalar(imm: Imm, dt: np.dtype):
     return np.array(int(imm.value) & ((1 << bits) - 1), dtype=UINT[dt.itemsize]).view(dt)[()]
 
 
+# Special registers of thread block clusters (sm_90)
+CLUSTER_REGISTERS = ("%cluster_", "%clusterid", "%nclusterid", "%is_explicit_cluster")
 # Shared memory the system keeps at the end of each block's (1 KiB on sm_80 and later): cooperative groups
 # keep the barriers of tiles wider than a warp there, found through %reserved_smem_offset_* registers.
 RESERVED_SMEM = 1024
@@ -141,9 +143,10 @@ class Frame:
     """One batch of `nblocks` blocks of `tpb` threads, bound to a kernel's registers and layout."""
 
     def __init__(self, kernel, nblocks: int, block: tuple[int, int, int], grid: tuple[int, int, int],
-                 shared_bytes: int, params: np.ndarray, memory, dynamic_shared: int = 0) -> None:
+                 shared_bytes: int, params: np.ndarray, memory, dynamic_shared: int = 0,
+                 cluster: tuple[int, int, int] = (1, 1, 1)) -> None:
         self.kernel = kernel
-        self.block, self.grid = block, grid
+        self.block, self.grid, self.cluster = block, grid, cluster
         self.tpb = block[0] * block[1] * block[2]
         self.nblocks = nblocks
         self.n = n = nblocks * self.tpb
@@ -188,6 +191,15 @@ class Frame:
             "%nwarpid": -(-self.tpb // 32), "%smid": 0, "%nsmid": 1, "%gridid": 0,
             "%dynamic_smem_size": dynamic_shared, "%total_smem_size": shared_bytes,
         }
+        if kernel.uses_cluster:
+            for axis, c, g in zip("xyz", cluster, grid):
+                self.sregs[f"%cluster_ctaid.{axis}"] = np.zeros(n, np.uint32)
+                self.sregs[f"%clusterid.{axis}"] = np.zeros(n, np.uint32)
+                uniform[f"%cluster_nctaid.{axis}"] = c
+                uniform[f"%nclusterid.{axis}"] = g // c
+            self.sregs["%cluster_ctarank"] = np.zeros(n, np.uint32)
+            uniform["%cluster_nctarank"] = cluster[0] * cluster[1] * cluster[2]
+            uniform["%is_explicit_cluster"] = int(kernel.explicit_cluster or cluster != (1, 1, 1))
         if kernel.reserved_smem:
             base = shared_bytes - RESERVED_SMEM
             uniform.update({f"{RESERVED_PREFIX}_begin": base, f"{RESERVED_PREFIX}_end": shared_bytes,
@@ -209,6 +221,13 @@ class Frame:
         self.sregs["%ctaid.x"][:] = lin % gx
         self.sregs["%ctaid.y"][:] = (lin // gx) % gy
         self.sregs["%ctaid.z"][:] = lin // (gx * gy)
+        if self.kernel.uses_cluster:
+            cx, cy, _ = self.cluster
+            pos = [self.sregs[f"%ctaid.{axis}"] for axis in "xyz"]
+            for axis, p, c in zip("xyz", pos, self.cluster):
+                self.sregs[f"%cluster_ctaid.{axis}"][:] = p % c
+                self.sregs[f"%clusterid.{axis}"][:] = p // c
+            self.sregs["%cluster_ctarank"][:] = pos[0] % cx + (pos[1] % cy) * cx + (pos[2] % self.cluster[2]) * cx * cy
         self.shared.fill(0)
         self.local.fill(0)
 

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from .....protocol.errors import CudaError, Error
-from .frame import DTYPES, REG_DTYPES, RESERVED_PREFIX, RESERVED_SMEM, Active, Frame, Unsupported, blend
+from .frame import CLUSTER_REGISTERS, DTYPES, REG_DTYPES, RESERVED_PREFIX, RESERVED_SMEM, Active, Frame, Unsupported, blend
 from .inline import expand_calls
 from .ops import CARRY, Factory, carry_use, decode
 from .parser import Addr, Function, Instruction, Neg, PredPair, Reg, Sym, Variable, Vec
@@ -37,6 +37,7 @@ MAX_BLOCK_THREADS = 1024
 MAX_BLOCK_DIMS = (1024, 1024, 64)
 MAX_GRID_DIMS = (2**31 - 1, 65535, 65535)
 MAX_SHARED_BYTES = 227 * 1024  # per block, as on sm_90
+MAX_CLUSTER_BLOCKS = 8  # the portable cluster size of sm_90
 BATCH_THREADS = 1 << 17  # threads run together: large enough that numpy's per-call cost vanishes
 BATCH_BYTES = 256 << 20  # ... and small enough that registers stay within this much memory
 CACHED_FRAME_BYTES = 4 << 20  # frames this small stay bound between launches (one per shape)
@@ -93,6 +94,10 @@ class Kernel:
         maxntid = fn.directives.get(".maxntid")
         self.max_threads = _product(maxntid) if maxntid else MAX_BLOCK_THREADS
         self.req_threads = fn.directives.get(".reqntid")
+        required = fn.directives.get(".reqnctapercluster")
+        self.required_cluster = tuple(required) + (1,) * (3 - len(required)) if required else None
+        self.explicit_cluster = required is not None or ".explicitcluster" in fn.directives
+        self.uses_cluster = _reads_cluster_registers(fn)
 
         used = _referenced_symbols(fn)
         shared = [v for v in fn.variables if v.space == "shared"]
@@ -209,9 +214,24 @@ class Kernel:
             raise CudaError(Error.cudaErrorInvalidValue,
                             f"{self.name} takes {self.param_size} bytes of parameters, got {len(params)}")
 
+    def cluster_shape(self, grid: tuple[int, int, int], cluster: tuple[int, int, int] | None) -> tuple[int, int, int]:
+        """The launch's cluster shape (`cluster`, else the kernel's .reqnctapercluster, else one block); checked
+        as sm_90 checks it (cudaErrorInvalidClusterSize)."""
+        shape = cluster or self.required_cluster or (1, 1, 1)
+        if cluster is not None and self.required_cluster is not None and tuple(cluster) != self.required_cluster:
+            raise CudaError(Error.cudaErrorInvalidClusterSize,
+                            f"clusters {cluster}: kernel {self.name} was compiled for {self.required_cluster}")
+        if _product(shape) > MAX_CLUSTER_BLOCKS or any(g % c for g, c in zip(grid, shape)):
+            raise CudaError(Error.cudaErrorInvalidClusterSize, f"grid {grid} in clusters {shape} (at most "
+                                                               f"{MAX_CLUSTER_BLOCKS} blocks, a whole number of them)")
+        return shape
+
     def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], shared_bytes: int,
-               params: bytes, cooperative: bool = False) -> None:
+               params: bytes, cooperative: bool = False, cluster: tuple[int, int, int] | None = None) -> None:
         """Run the whole grid to completion; raises CudaError.
+
+        `cluster`: thread block clusters of that shape (None: as compiled). A cluster's blocks always run in
+        one batch, so min-PC scheduling makes `barrier.cluster` hold as it makes `bar.sync` hold.
 
         `cooperative`: the whole grid runs as one batch, and %envreg1/%envreg2 (the high and low halves of
         the grid's workspace, which `cg::this_grid().sync()` counts arrivals in) point at zeroed device
@@ -221,6 +241,7 @@ class Kernel:
         cudaErrorCooperativeLaunchTooLarge) and sets it for ordinary launches of such grids too."""
         grid, block = tuple(int(g) for g in grid), tuple(int(b) for b in block)
         self._check_config(grid, block, shared_bytes, params)
+        shape = self.cluster_shape(grid, cluster)
         if self.error is not None:
             raise CudaError(self.error.code, f"kernel {self.name}: {self.error.detail}")
         tpb = _product(block)
@@ -231,6 +252,8 @@ class Kernel:
         per_thread = self._reg_bytes + self.local_size + shared / tpb + 48
         batch_threads = max(tpb, min(BATCH_THREADS, int(BATCH_BYTES // per_thread)))
         per_batch = max(1, batch_threads // tpb)
+        span = _cluster_span(grid, shape)  # whole clusters per batch
+        per_batch = max(span, per_batch // span * span)
         workspace = 0
         if cooperative:
             per_batch = nblocks
@@ -243,12 +266,13 @@ class Kernel:
             with np.errstate(all="ignore"):
                 for first in range(0, nblocks, per_batch):
                     count = min(per_batch, nblocks - first)
-                    key = (grid, block, shared_bytes, count)
+                    key = (grid, block, shared_bytes, count, shape)
                     if key not in frames:
                         # a small frame of an earlier launch is reused: binding costs more than running
                         cached = self._frames.pop(key, None)
                         if cached is None:
-                            frame = Frame(self, count, block, grid, shared, param_bytes, self.memory, shared_bytes)
+                            frame = Frame(self, count, block, grid, shared, param_bytes, self.memory, shared_bytes,
+                                          shape)
                             cached = (frame, self._bind(frame))
                         frames[key] = cached
                     frame, bound = frames[key]
@@ -426,9 +450,25 @@ def _liveness(blocks: list[_Block]) -> list[frozenset[str]]:
     return [frozenset(x) for x in live_in]
 
 
+def _cluster_span(grid: tuple[int, int, int], cluster: tuple[int, int, int]) -> int:
+    """Consecutive blocks (in launch order, x fastest) that hold whole clusters."""
+    cx, cy, cz = cluster
+    if cy == cz == 1:
+        return cx
+    if cz == 1:
+        return grid[0] * cy
+    return grid[0] * grid[1] * cz
+
+
 def _reads_reserved_smem(fn: Function) -> bool:
     """Whether the kernel reads %reserved_smem_offset_* (cooperative groups' barriers for tiles wider than a warp)."""
     return any(isinstance(op, Reg) and op.name.startswith(RESERVED_PREFIX)
+               for inst in fn.body if not isinstance(inst, str) for op in inst.operands)
+
+
+def _reads_cluster_registers(fn: Function) -> bool:
+    """Whether the kernel reads %cluster_* / %clusterid / %nclusterid / %is_explicit_cluster."""
+    return any(isinstance(op, Reg) and op.name.startswith(CLUSTER_REGISTERS)
                for inst in fn.body if not isinstance(inst, str) for op in inst.operands)
 
 
