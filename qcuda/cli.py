@@ -252,7 +252,7 @@ BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 @click.argument("name", required=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(name, args) -> None:
-    """Run a benchmark from bench/ (copy_bandwidth, tcp_bandwidth, emulator_bench); each prints qcuda's
+    """Run a benchmark from bench/ (copy_bandwidth, tcp_bandwidth, call_latency, emulator_bench); each prints qcuda's
     figures next to native ones measured in the same run. Without NAME, list them."""
     if not BENCH_DIR.is_dir():
         raise click.ClickException(f"no bench/ folder next to this qcuda ({BENCH_DIR}): run from a source checkout")

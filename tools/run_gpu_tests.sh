@@ -4,8 +4,9 @@
 #             choosing the GPU, `qcuda demo`                     -> pytest.log, daemons.log, cli.log
 #   agreement tests/emulator/test_gpu_agreement.py: the emulator and the GPU on the same PTX -> agreement.log
 #   programs  tests/programs run natively and through `qcuda run`, outputs diffed -> programs/ (its logs)
-#   bench     copy bandwidth and call latency vs native; large copies over loopback TCP vs a plain socket
-#                                                                     -> bench.log, bench.json, tcp.log
+#   bench     copy bandwidth and call latency vs native; large copies over loopback TCP vs a plain socket;
+#             an nvcc-built program's per-call latency natively and through qcuda
+#                                                                     -> bench.log, bench.json, tcp.log, latency.log
 # Each step fits one 10-minute device call; `tests programs` together usually do too.
 # Logs go to $OUT (default ./gpu-logs), with env.txt.
 # Python packages the host lacks travel as wheels in .whl/ (click, zstandard; pytest and its needs in
@@ -63,7 +64,8 @@ for name in $steps; do
     bench)
         step bench timeout 120 python3 bench/copy_bandwidth.py --json "$OUT/bench.json" >"$OUT/bench.log" 2>&1
         step tcp timeout 120 python3 bench/tcp_bandwidth.py --backend gpu --sizes 1M,64M,256M >"$OUT/tcp.log" 2>&1
-        cat "$OUT/bench.log" "$OUT/tcp.log"
+        step latency timeout 180 python3 bench/call_latency.py >"$OUT/latency.log" 2>&1
+        cat "$OUT/bench.log" "$OUT/tcp.log" "$OUT/latency.log"
         ;;
     *)
         echo "unknown step $name (tests, agreement, programs, bench)"; status=1

@@ -42,10 +42,10 @@ def _finishes_soon(fence: Fence) -> bool:
 
 @dataclass
 class Later:
-    """An answer that is ready once `fence` completes."""
+    """An answer that is ready once `fence` completes (`reply`, or what it makes then when it is a function)."""
 
     fence: Fence
-    reply: m.Message = field(default_factory=m.Empty)
+    reply: m.Message | Callable[[], m.Message] = field(default_factory=m.Empty)
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,8 @@ class Session:
             m.EventElapsed: self._event_elapsed, m.ModuleLoad: self._module_load,
             m.ModuleUnload: self._module_unload, m.ModuleGetFunction: self._module_get_function,
             m.ModuleGetGlobal: self._module_get_global, m.Launch: self._launch, m.LaunchCooperative: self._launch,
-            m.LaunchCluster: self._launch,
+            m.LaunchCluster: self._launch, m.MemcpyHtoDInline: self._memcpy_htod_inline,
+            m.MemcpyDtoHInline: self._memcpy_dtoh_inline,
             m.FuncGetAttributes: self._func_get_attributes, m.FuncSetAttribute: self._func_set_attribute,
         }
 
@@ -176,7 +177,8 @@ class Session:
                 later.fence.wait()
             finally:
                 self._flush_output()
-            answer = encode(later.reply, frame.request_id, command=frame.command)
+            reply = later.reply() if callable(later.reply) else later.reply
+            answer = encode(reply, frame.request_id, command=frame.command)
         except CudaError as exc:
             self._fail(frame, exc)
             return
@@ -345,6 +347,27 @@ class Session:
         if msg.size:
             stream.copy_dtoh(self._arena_slice(msg.dst_offset, msg.size), msg.src)
         return Later(stream.fence())
+
+    def _memcpy_htod_inline(self, msg: m.MemcpyHtoDInline):
+        size = len(msg.data)
+        if size > m.INLINE_COPY_MAX:
+            raise CudaError(Error.cudaErrorInvalidValue, f"an inline copy of {size} bytes (at most {m.INLINE_COPY_MAX})")
+        device = self._device_of(msg.dst, size)
+        stream = self._stream(msg.stream, device)
+        if size:
+            stream.copy_htod(msg.dst, memoryview(msg.data))  # the stream's work holds the bytes until it copies
+        return Later(stream.fence())
+
+    def _memcpy_dtoh_inline(self, msg: m.MemcpyDtoHInline):
+        if msg.size > m.INLINE_COPY_MAX:
+            raise CudaError(Error.cudaErrorInvalidValue, f"an inline copy of {msg.size} bytes (at most "
+                                                         f"{m.INLINE_COPY_MAX})")
+        device = self._device_of(msg.src, msg.size)
+        stream = self._stream(msg.stream, device)
+        out = bytearray(msg.size)
+        if msg.size:
+            stream.copy_dtoh(memoryview(out), msg.src)
+        return Later(stream.fence(), lambda: m.MemcpyDtoHInlineReply(bytes(out)))
 
     def _memcpy_dtod(self, msg: m.MemcpyDtoD):
         device = self._device_of(msg.dst, msg.size)

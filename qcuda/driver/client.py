@@ -273,23 +273,34 @@ class Client:
         return None
 
     def copy_htod(self, dst: int, src: memoryview, stream: int, asynchronous: bool = False) -> None:
-        """Host -> device: straight from the arena when `src` lives there, else staged in chunks, pipelined."""
+        """Host -> device: straight from the arena when `src` lives there; a small copy's bytes in the request;
+        else staged in chunks, pipelined."""
         src = src.cast("B")
         offset = self.arena_offset(src)
         if offset is not None or len(src) == 0:
             msg = m.MemcpyHtoD(dst, offset or 0, len(src), stream)
             self.post(msg) if asynchronous else self.call(msg)
             return
+        if len(src) <= m.INLINE_COPY_MAX:  # the bytes travel in the request
+            msg = m.MemcpyHtoDInline(dst, stream, bytes(src))
+            self.post(msg) if asynchronous else self.call(msg)
+            return
         self._staged(len(src), lambda off, pos, n: self._stage_in(off, src[pos:pos + n]),
                      lambda off, pos, n: m.MemcpyHtoD(dst + pos, off, n, stream), None)
 
     def copy_dtoh(self, dst: memoryview, src: int, stream: int, asynchronous: bool = False) -> None:
-        """Device -> host: straight into the arena when `dst` lives there, else staged in chunks."""
+        """Device -> host: straight into the arena when `dst` lives there; a small copy's bytes in the answer;
+        else staged in chunks."""
         dst = dst.cast("B")
         offset = self.arena_offset(dst)
         if offset is not None or len(dst) == 0:
             msg = m.MemcpyDtoH(offset or 0, src, len(dst), stream)
             self.post(msg) if asynchronous else self.call(msg)
+            return
+        if len(dst) <= m.INLINE_COPY_MAX:  # the bytes travel in the answer (the host waits, as CUDA's does)
+            reply = self.call(m.MemcpyDtoHInline(src, len(dst), stream))
+            assert isinstance(reply, m.MemcpyDtoHInlineReply)
+            dst[:] = reply.data
             return
         self._staged(len(dst), None, lambda off, pos, n: m.MemcpyDtoH(off, src + pos, n, stream),
                      lambda off, pos, n: self._stage_out(off, dst[pos:pos + n]))

@@ -68,6 +68,7 @@ class Kernel:
         self.name = name
         self.handle = handle
         self.param_layout = layout
+        self.param_size = max((off + n for off, n in layout), default=0)
 
     def attributes(self) -> dict[str, int]:
         """cudaFuncAttributes as the device reports them (registers, static shared and local memory, limits)."""
@@ -83,8 +84,7 @@ class Kernel:
         """The parameter block for `args`: buffers become pointers, numbers take the parameter's width."""
         if len(args) != len(self.param_layout):
             raise TypeError(f"{self.name} takes {len(self.param_layout)} arguments, {len(args)} given")
-        size = max((off + n for off, n in self.param_layout), default=0)
-        block = bytearray(size)
+        block = bytearray(self.param_size)
         for i, (arg, (off, n)) in enumerate(zip(args, self.param_layout)):
             block[off:off + n] = _argument_bytes(arg, n, i, self.name)
         return bytes(block)

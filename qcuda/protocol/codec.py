@@ -58,8 +58,7 @@ def encode_parts(message: Message, request_id: int = 0, flags: int = 0,
                  command: int | None = None) -> tuple[bytes, bytes | memoryview]:
     """The frame as (header and fixed fields, tail): a stream sends both without joining a large tail."""
     try:
-        values = [getattr(message, n) for n in message._fixed]
-        fixed = message._struct.pack(*values)
+        fixed = message._struct.pack(*message._values(message))
     except struct.error as exc:
         raise LocalProtocolError(f"{type(message).__name__}: {exc}") from None
     tail: bytes | memoryview = b""

@@ -8,9 +8,10 @@ Sizes, addresses and handles are 64-bit everywhere.
 from __future__ import annotations
 
 import enum
+import operator
 import struct
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 
 class Cmd(enum.IntEnum):
@@ -32,6 +33,8 @@ class Cmd(enum.IntEnum):
     MEMCPY_DTOH = 23
     MEMCPY_DTOD = 24
     MEMSET = 25
+    MEMCPY_HTOD_INLINE = 26
+    MEMCPY_DTOH_INLINE = 27
     STREAM_CREATE = 30
     STREAM_DESTROY = 31
     STREAM_SYNCHRONIZE = 32
@@ -95,6 +98,7 @@ class Message:
     _fixed: ClassVar[tuple[str, ...]]
     _names: ClassVar[tuple[str, ...]]
     _tail_is_str: ClassVar[bool]
+    _values: ClassVar[Callable[["Message"], tuple]]  # the fixed fields' values, in FORMAT order
 
     @classmethod
     def _trusted(cls, values) -> "Message":
@@ -112,6 +116,16 @@ class Message:
             raise TypeError(f"{type(self).__name__}.{self.TAIL} must be bytes or str")
 
 
+def _fields_getter(names: tuple[str, ...]) -> Callable[["Message"], tuple]:
+    """The values of `names` of a message as a tuple, in one C call (encoding is on every call's path)."""
+    if not names:
+        return lambda msg: ()
+    if len(names) == 1:
+        one = operator.attrgetter(names[0])
+        return lambda msg: (one(msg),)
+    return operator.attrgetter(*names)
+
+
 def _message(cls):
     cls._struct = struct.Struct("<" + cls.FORMAT)
     names = [f.name for f in fields(cls)]
@@ -122,6 +136,7 @@ def _message(cls):
         raise TypeError(f"{cls.__name__}: FORMAT {cls.FORMAT!r} does not match its fields")
     cls._fixed = tuple(fixed)
     cls._names = tuple(names)
+    cls._values = staticmethod(_fields_getter(tuple(fixed)))
     cls._tail_is_str = cls.TAIL is not None and cls.__dataclass_fields__[cls.TAIL].type in ("str", str)
     return cls
 
@@ -245,6 +260,34 @@ class MemcpyHtoD(Message):
     FORMAT = "QQQQ"
     dst: int
     src_offset: int
+    size: int
+    stream: int
+
+
+INLINE_COPY_MAX = 64 << 10  # copies this small carry their bytes in the frames: no staging, one round trip
+
+
+@_message
+@dataclass(frozen=True)
+class MemcpyHtoDInline(Message):
+    """Copy the bytes of `data` (at most INLINE_COPY_MAX) to device address `dst`."""
+
+    CMD = Cmd.MEMCPY_HTOD_INLINE
+    FORMAT = "QQ"
+    TAIL = "data"
+    dst: int
+    stream: int
+    data: bytes
+
+
+@_message
+@dataclass(frozen=True)
+class MemcpyDtoHInline(Message):
+    """Copy `size` bytes (at most INLINE_COPY_MAX) from device address `src`; the answer carries them."""
+
+    CMD = Cmd.MEMCPY_DTOH_INLINE
+    FORMAT = "QQQ"
+    src: int
     size: int
     stream: int
 
@@ -632,6 +675,12 @@ class ArenaDevicePointerReply(Reply):
 @_reply(Cmd.ARENA_READ, "", "data")
 @dataclass(frozen=True)
 class ArenaReadReply(Reply):
+    data: bytes
+
+
+@_reply(Cmd.MEMCPY_DTOH_INLINE, "", "data")
+@dataclass(frozen=True)
+class MemcpyDtoHInlineReply(Reply):
     data: bytes
 
 

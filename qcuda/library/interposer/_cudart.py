@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import ctypes
-import dataclasses
 import io
 import mmap
 import os
@@ -388,19 +387,22 @@ def _launch(func, g: tuple[int, ...], b: tuple[int, ...], args, shared: int, str
             raise CudaError(Error.cudaErrorCooperativeLaunchTooLarge,
                             f"grid {g}: {resident} blocks per SM fit")
     layout = kernel.param_layout
-    params = bytearray(max((off + n for off, n in layout), default=0))
+    params = bytearray(kernel.param_size)
     if layout and args == ffi.NULL:
         raise CudaError(Error.cudaErrorInvalidValue, "no kernel arguments")
     for i, (off, n) in enumerate(layout):
-        params[off:off + n] = ffi.buffer(ffi.cast("char *", args[i]), n)
+        params[off:off + n] = ffi.buffer(args[i], n)
+    block = bytes(params)
     if cluster is not None:
         if min(cluster) < 1 or cluster[0] * cluster[1] * cluster[2] > MAX_CLUSTER_BLOCKS or any(
                 x % c for x, c in zip(g, cluster)):
             raise CudaError(Error.cudaErrorInvalidClusterSize, f"grid {g} in clusters {cluster}")
-        launch = m.LaunchCluster(kernel.handle, *g, *b, shared, 0, *cluster, int(cooperative), bytes(params))
+        flag = int(cooperative)
+        _submit_launch(dev, lambda h: m.LaunchCluster(kernel.handle, *g, *b, shared, h, *cluster, flag, block),
+                       _addr(stream), s)
     else:
-        launch = (m.LaunchCooperative if cooperative else m.Launch)(kernel.handle, *g, *b, shared, 0, bytes(params))
-    _submit_launch(dev, launch, _addr(stream))
+        kind = m.LaunchCooperative if cooperative else m.Launch
+        _submit_launch(dev, lambda h: kind(kernel.handle, *g, *b, shared, h, block), _addr(stream), s)
 
 
 # cudaLaunchConfig_t and cudaLaunchAttribute (offsets measured with offsetof against CUDA 13.0's headers)
@@ -441,11 +443,12 @@ def cudaLaunchKernelExC(config, func, args) -> None:
     _launch(func, (gx, gy, gz), (bx, by, bz), args, shared, ffi.cast("void *", stream), cooperative, cluster)
 
 
-def _submit_launch(dev: Device, launch: m.Launch | m.LaunchCluster, stream: int) -> None:
-    """Post `launch` on `stream`, or record it when the stream captures (arguments are taken by value now)."""
-    if not _record(stream, "kernel", lambda h: _submit_launch(dev, launch, h)):
+def _submit_launch(dev: Device, build: Callable[[int], m.Message], stream: int, s: Stream | None = None) -> None:
+    """Post the launch `build` makes for a wire stream handle on `stream` (already resolved to `s`, if given), or
+    record it when the stream captures (the arguments were taken by value before)."""
+    if not _record(stream, "kernel", lambda h: _submit_launch(dev, build, h)):
         _device_work()
-        dev.client.post(dataclasses.replace(launch, stream=_wire(_stream(stream)[0])))
+        dev.client.post(build(_wire(s if s is not None else _stream(stream)[0])))
 
 
 __cudaLaunchKernel = cudaLaunchKernel
