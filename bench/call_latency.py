@@ -19,15 +19,23 @@ HERE = Path(__file__).resolve().parent
 
 
 def measure(command: list[str], env: dict | None = None) -> dict[str, float] | None:
-    """name -> microseconds the program printed; None when it could not run."""
+    """name -> microseconds the program printed; None (and why, on stderr) when it could not run."""
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     if result.returncode != 0:
+        print(f"{command[-1]} failed ({result.returncode}): {result.stderr.strip()[-2000:]}", file=sys.stderr)
         return None
     rows = (line.split() for line in result.stdout.splitlines())
     return {row[0]: float(row[1]) for row in rows if len(row) == 2}
 
 
 def main() -> None:
+    sys.path.insert(0, str(HERE.parent))
+    from qcuda.library.interposer import LIBRARY, LIBRARY_DIR
+
+    if not LIBRARY.exists():  # a source checkout that was not installed: build qcuda's libcudart.so.13 here
+        from qcuda.library.interposer.build import build
+
+        build(LIBRARY_DIR)
     nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
     with tempfile.TemporaryDirectory() as tmp:
         program = Path(tmp) / "call_latency"
