@@ -167,7 +167,9 @@ def _loop(conn: socket.socket, channel: HostChannel, session: Session, stats_buf
                 if _guest_gone(conn):
                     return
             continue
-        publish(stats_buf, session, True)
+        if now - last_eof_check > EOF_CHECK_SECONDS:  # while idle too, but not on every spin
+            last_eof_check = now
+            publish(stats_buf, session, True)
         if not channel.wait(conn.fileno(), idle_since) and _guest_gone(conn):
             return
 

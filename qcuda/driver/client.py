@@ -192,22 +192,30 @@ class Client:
     def _poll_for(self, pending: Pending) -> None:
         """Wait for `pending` by reading the completion ring in this thread: no hand-over between threads.
 
-        Only shared-memory channels can be polled; after a short spin the receiver thread takes over.
+        Only shared-memory channels can be polled; after a short spin the receiver thread takes over. While
+        another thread holds the ring (the receiver between its sleeps, or another caller), this one yields
+        and tries again rather than falling back at once to a hand-over (two thread wake-ups).
         """
-        if not hasattr(self.channel, "poll") or not self._poll_lock.acquire(blocking=False):
+        if not hasattr(self.channel, "poll"):
             return
-        self.channel.hush()
-        try:
-            deadline = time.perf_counter() + SPIN_SECONDS
-            while pending.frame is None and time.perf_counter() < deadline:
-                frame = self.channel.poll()
-                if frame is not None:
-                    self._deliver(frame)
-        except ChannelClosed:
-            self._lose_daemon()
-        finally:
-            self.channel.unhush()
-            self._poll_lock.release()
+        deadline = time.perf_counter() + SPIN_SECONDS
+        while pending.frame is None:
+            if self._poll_lock.acquire(blocking=False):
+                self.channel.hush()
+                try:
+                    while pending.frame is None and time.perf_counter() < deadline:
+                        frame = self.channel.poll()
+                        if frame is not None:
+                            self._deliver(frame)
+                except ChannelClosed:
+                    self._lose_daemon()
+                finally:
+                    self.channel.unhush()
+                    self._poll_lock.release()
+                return
+            if time.perf_counter() >= deadline:
+                return
+            time.sleep(0)  # the ring's holder may deliver this answer meanwhile
 
     def _receive_loop(self) -> None:
         """Reads what no caller is polling for: long waits, host messages, the daemon's end."""
