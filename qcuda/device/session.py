@@ -349,13 +349,17 @@ class Session:
         return Later(stream.fence())
 
     def _memcpy_htod_inline(self, msg: m.MemcpyHtoDInline):
+        """The bytes go through the arena: a copy from ordinary (pageable) memory could make the driver wait
+        for the stream in this thread, which a host callback on that stream may need to go on."""
         size = len(msg.data)
         if size > m.INLINE_COPY_MAX:
             raise CudaError(Error.cudaErrorInvalidValue, f"an inline copy of {size} bytes (at most {m.INLINE_COPY_MAX})")
         device = self._device_of(msg.dst, size)
         stream = self._stream(msg.stream, device)
         if size:
-            stream.copy_htod(msg.dst, memoryview(msg.data))  # the stream's work holds the bytes until it copies
+            stage = self._arena_slice(msg.stage_offset, size)
+            stage[:] = msg.data
+            stream.copy_htod(msg.dst, stage)
         return Later(stream.fence())
 
     def _memcpy_dtoh_inline(self, msg: m.MemcpyDtoHInline):
@@ -364,10 +368,10 @@ class Session:
                                                          f"{m.INLINE_COPY_MAX})")
         device = self._device_of(msg.src, msg.size)
         stream = self._stream(msg.stream, device)
-        out = bytearray(msg.size)
+        stage = self._arena_slice(msg.stage_offset, msg.size)
         if msg.size:
-            stream.copy_dtoh(memoryview(out), msg.src)
-        return Later(stream.fence(), lambda: m.MemcpyDtoHInlineReply(bytes(out)))
+            stream.copy_dtoh(stage, msg.src)
+        return Later(stream.fence(), lambda: m.MemcpyDtoHInlineReply(bytes(stage)))
 
     def _memcpy_dtod(self, msg: m.MemcpyDtoD):
         device = self._device_of(msg.dst, msg.size)

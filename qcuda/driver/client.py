@@ -281,37 +281,58 @@ class Client:
         return None
 
     def copy_htod(self, dst: int, src: memoryview, stream: int, asynchronous: bool = False) -> None:
-        """Host -> device: straight from the arena when `src` lives there; a small copy's bytes in the request;
-        else staged in chunks, pipelined."""
+        """Host -> device: straight from the arena when `src` lives there; a small copy in one request (its
+        bytes in it over TCP); else staged in chunks, pipelined."""
         src = src.cast("B")
         offset = self.arena_offset(src)
         if offset is not None or len(src) == 0:
             msg = m.MemcpyHtoD(dst, offset or 0, len(src), stream)
             self.post(msg) if asynchronous else self.call(msg)
             return
-        if len(src) <= m.INLINE_COPY_MAX:  # the bytes travel in the request
-            msg = m.MemcpyHtoDInline(dst, stream, bytes(src))
-            self.post(msg) if asynchronous else self.call(msg)
+        if len(src) <= m.INLINE_COPY_MAX:
+            self._small_copy(len(src), lambda off: self._stage_in_call(off, src, dst, stream))
             return
         self._staged(len(src), lambda off, pos, n: self._stage_in(off, src[pos:pos + n]),
                      lambda off, pos, n: m.MemcpyHtoD(dst + pos, off, n, stream), None)
 
     def copy_dtoh(self, dst: memoryview, src: int, stream: int, asynchronous: bool = False) -> None:
-        """Device -> host: straight into the arena when `dst` lives there; a small copy's bytes in the answer;
-        else staged in chunks."""
+        """Device -> host: straight into the arena when `dst` lives there; a small copy in one request (its
+        bytes in the answer over TCP); else staged in chunks."""
         dst = dst.cast("B")
         offset = self.arena_offset(dst)
         if offset is not None or len(dst) == 0:
             msg = m.MemcpyDtoH(offset or 0, src, len(dst), stream)
             self.post(msg) if asynchronous else self.call(msg)
             return
-        if len(dst) <= m.INLINE_COPY_MAX:  # the bytes travel in the answer (the host waits, as CUDA's does)
-            reply = self.call(m.MemcpyDtoHInline(src, len(dst), stream))
-            assert isinstance(reply, m.MemcpyDtoHInlineReply)
-            dst[:] = reply.data
+        if len(dst) <= m.INLINE_COPY_MAX:
+            self._small_copy(len(dst), lambda off: self._stage_out_call(off, dst, src, stream))
             return
         self._staged(len(dst), None, lambda off, pos, n: m.MemcpyDtoH(off, src + pos, n, stream),
                      lambda off, pos, n: self._stage_out(off, dst[pos:pos + n]))
+
+    def _small_copy(self, size: int, copy: Callable[[int], None]) -> None:
+        """One staging range for a small copy, given back after it (the host waits, as for a pageable copy)."""
+        offset = self.channel.stage_alloc(size)
+        try:
+            copy(offset)
+        finally:
+            self.channel.stage_free(offset)
+
+    def _stage_in_call(self, offset: int, src: memoryview, dst: int, stream: int) -> None:
+        if self.channel.shared_arena:
+            self.channel.arena[offset:offset + len(src)] = src
+            self.call(m.MemcpyHtoD(dst, offset, len(src), stream))
+        else:  # the bytes ride in the request
+            self.call(m.MemcpyHtoDInline(dst, offset, stream, bytes(src)))
+
+    def _stage_out_call(self, offset: int, dst: memoryview, src: int, stream: int) -> None:
+        if self.channel.shared_arena:
+            self.call(m.MemcpyDtoH(offset, src, len(dst), stream))
+            dst[:] = self.channel.arena[offset:offset + len(dst)]
+        else:  # the bytes ride in the answer
+            reply = self.call(m.MemcpyDtoHInline(src, offset, len(dst), stream))
+            assert isinstance(reply, m.MemcpyDtoHInlineReply)
+            dst[:] = reply.data
 
     def _stage_in(self, offset: int, data: memoryview) -> None:
         """Put bytes where the worker reads staged data: the shared arena, or its own arena over the wire."""

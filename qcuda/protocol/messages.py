@@ -264,18 +264,20 @@ class MemcpyHtoD(Message):
     stream: int
 
 
-INLINE_COPY_MAX = 64 << 10  # copies this small carry their bytes in the frames: no staging, one round trip
+INLINE_COPY_MAX = 64 << 10  # copies this small over TCP carry their bytes in the frames: one round trip
 
 
 @_message
 @dataclass(frozen=True)
 class MemcpyHtoDInline(Message):
-    """Copy the bytes of `data` (at most INLINE_COPY_MAX) to device address `dst`."""
+    """Copy the bytes of `data` (at most INLINE_COPY_MAX) to device address `dst`, through the worker's arena
+    at `stage_offset` (memory the backend can copy from while the worker serves on; the guest reserved it)."""
 
     CMD = Cmd.MEMCPY_HTOD_INLINE
-    FORMAT = "QQ"
+    FORMAT = "QQQ"
     TAIL = "data"
     dst: int
+    stage_offset: int
     stream: int
     data: bytes
 
@@ -283,11 +285,13 @@ class MemcpyHtoDInline(Message):
 @_message
 @dataclass(frozen=True)
 class MemcpyDtoHInline(Message):
-    """Copy `size` bytes (at most INLINE_COPY_MAX) from device address `src`; the answer carries them."""
+    """Copy `size` bytes (at most INLINE_COPY_MAX) from device address `src` through the worker's arena at
+    `stage_offset`; the answer carries them."""
 
     CMD = Cmd.MEMCPY_DTOH_INLINE
-    FORMAT = "QQQ"
+    FORMAT = "QQQQ"
     src: int
+    stage_offset: int
     size: int
     stream: int
 
