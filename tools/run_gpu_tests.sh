@@ -26,6 +26,9 @@ if [ -z "${CUDA_HOME:-}${CUDA_PATH:-}" ] && command -v nvcc >/dev/null; then
     export CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
 fi
 status=0
+# qcuda's libcudart.so.13 (what `qcuda run` and `qcuda demo` load): pip install builds it; a bare checkout here
+python3 -c "from qcuda.library.interposer import LIBRARY; raise SystemExit(not LIBRARY.exists())" ||
+    python3 -m qcuda.library.interposer.build >"$OUT/build-libcudart.log" 2>&1 || echo "== building libcudart.so.13 FAILED"
 step() { local name=$1; shift; echo "== $name: $*"; "$@" || { echo "== $name FAILED (exit $?)"; status=1; }; }
 
 {
