@@ -20,7 +20,8 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent.parent / "qcuda" / "library" / "interposer"
 LIBRARY = "lib64/libcudart.so.13"
 VERSION_NODE = "libcudart.so.13"
-STRUCTS = ("cudaDeviceProp", "cudaPointerAttributes", "cudaFuncAttributes", "cudaMemPoolProps", "cudaMemAccessDesc")
+STRUCTS = ("cudaDeviceProp", "cudaPointerAttributes", "cudaFuncAttributes", "cudaMemPoolProps", "cudaMemAccessDesc",
+           "cudaKernelNodeParams", "cudaMemsetParams", "cudaHostNodeParams")
 ENUMS = ("cudaMemcpyKind", "cudaMemoryType", "cudaLimit", "cudaFuncAttribute", "cudaStreamCaptureStatus", "cudaFuncCache",
          "cudaStreamCaptureMode", "cudaGraphNodeType", "cudaLaunchAttributeID", "cudaMemoryAdvise", "cudaMemPoolAttr",
          "cudaMemAllocationType", "cudaMemLocationType", "cudaMemAccessFlags")
@@ -29,7 +30,7 @@ DEFINES = r"(?:cudaHostAlloc|cudaMemAttach)\w+"  # flag macros the implementatio
 SCALARS = {"char": "b", "int": "i", "unsigned int": "I", "size_t": "Q", "long": "q", "void *": "Q",
            "enum cudaMemoryType": "i", "cudaUUID_t": "16s", "unsigned short": "H", "unsigned char": "B",
            "enum cudaMemAllocationType": "i", "enum cudaMemAllocationHandleType": "i", "enum cudaMemAccessFlags": "i",
-           "struct cudaMemLocation": "ii"}
+           "struct cudaMemLocation": "ii", "dim3": "3I", "void * *": "Q", "cudaHostFn_t": "Q"}
 
 
 def exports(cuda_home: Path) -> list[str]:
@@ -63,7 +64,7 @@ def non_error_returns(cuda_home: Path, names: list[str]) -> dict[str, str]:
 
 def struct_fields(header: str, name: str) -> list[tuple[str, str, int]]:
     """(C type, field, element count) of `struct name`, in order."""
-    body = header[re.search(rf"struct __device_builtin__ {name} ?\{{?\n", header).start():]
+    body = header[re.search(rf"struct __device_builtin__\s+{name}\s*\{{?\s*\n", header).start():]
     body = body[body.index("{") + 1: body.index("};")]
     body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
     fields = []

@@ -377,6 +377,12 @@ MAX_CLUSTER_BLOCKS = 8  # sm_90's portable cluster size (larger ones need an att
 def _launch(func, g: tuple[int, ...], b: tuple[int, ...], args, shared: int, stream, cooperative: bool,
             cluster: tuple[int, int, int] | None = None) -> None:
     s, dev = _stream(stream)
+    _submit_launch(dev, _launch_builder(func, g, b, args, shared, dev, cooperative, cluster), _addr(stream), s)
+
+
+def _launch_builder(func, g: tuple[int, ...], b: tuple[int, ...], args, shared: int, dev: Device,
+                    cooperative: bool = False, cluster: tuple[int, int, int] | None = None) -> Callable[[int], m.Message]:
+    """Check a launch and take its arguments by value now; the result makes its message for a wire stream."""
     kernel = _kernel(_addr(func), dev)
     _check_configuration(dev, g, b, shared)
     if cooperative:
@@ -398,11 +404,9 @@ def _launch(func, g: tuple[int, ...], b: tuple[int, ...], args, shared: int, str
                 x % c for x, c in zip(g, cluster)):
             raise CudaError(Error.cudaErrorInvalidClusterSize, f"grid {g} in clusters {cluster}")
         flag = int(cooperative)
-        _submit_launch(dev, lambda h: m.LaunchCluster(kernel.handle, *g, *b, shared, h, *cluster, flag, block),
-                       _addr(stream), s)
-    else:
-        kind = m.LaunchCooperative if cooperative else m.Launch
-        _submit_launch(dev, lambda h: kind(kernel.handle, *g, *b, shared, h, block), _addr(stream), s)
+        return lambda h: m.LaunchCluster(kernel.handle, *g, *b, shared, h, *cluster, flag, block)
+    kind = m.LaunchCooperative if cooperative else m.Launch
+    return lambda h: kind(kernel.handle, *g, *b, shared, h, block)
 
 
 # cudaLaunchConfig_t and cudaLaunchAttribute (offsets measured with offsetof against CUDA 13.0's headers)
@@ -1245,15 +1249,16 @@ def cudaMemcpyPeerAsync(dst, dst_device: int, src, src_device: int, count: int, 
     cudaMemcpyPeer(dst, dst_device, src, src_device, count)
 
 
-def _memset(ptr: int, value: int, count: int, stream, asynchronous: bool) -> None:
+def _memset(ptr: int, value: int, count: int, stream, asynchronous: bool, element_size: int = 1) -> None:
+    """`count` elements of `element_size` bytes (1, 2 or 4) set to `value`."""
     s, sdev = _stream(stream)
-    if _record(stream, "memset", lambda h: _memset(ptr, value, count, h, True)) if asynchronous else \
+    if _record(stream, "memset", lambda h: _memset(ptr, value, count, h, True, element_size)) if asynchronous else \
             _refuse_if_capturing(stream):
         return
-    kind, dev = _locate(ptr, count)
+    kind, dev = _locate(ptr, count * element_size)
     if kind != "device":
         raise CudaError(Error.cudaErrorInvalidValue, f"0x{ptr:x} is not device memory")
-    msg = m.Memset(ptr, value & 0xFF, 1, count, _wire(s))
+    msg = m.Memset(ptr, value & ((1 << (8 * element_size)) - 1), element_size, count, _wire(s))
     _device_work()
     dev.client.post(msg) if asynchronous else dev.client.call(msg)
     if not asynchronous:
@@ -1546,7 +1551,7 @@ CAPTURE_GLOBAL, CAPTURE_THREAD_LOCAL, CAPTURE_RELAXED = (
     cudaStreamCaptureMode["cudaStreamCaptureMode" + k] for k in ("Global", "ThreadLocal", "Relaxed"))
 NODE_TYPES = {kind: cudaGraphNodeType["cudaGraphNodeType" + name] for kind, name in (
     ("kernel", "Kernel"), ("memcpy", "Memcpy"), ("memset", "Memset"), ("host", "Host"), ("wait_event", "WaitEvent"),
-    ("event_record", "EventRecord"))}
+    ("event_record", "EventRecord"), ("graph", "Graph"), ("empty", "Empty"))}
 INSTANTIATE_FLAGS = 1 | 2 | 4 | 8  # auto-free on launch, upload, device launch, node priority: all accepted
 _capture_mode = threading.local()
 
@@ -1565,9 +1570,27 @@ class Graph:
         self.handle = S.handle()
 
 
+def _in_order(nodes: list[Node]) -> list[Node]:
+    """The nodes in an order every dependency holds in (the order they were added, where that does)."""
+    members = {n.handle for n in nodes}
+    placed: set[int] = set()
+    order: list[Node] = []
+    waiting = list(nodes)
+    while waiting:
+        ready = [n for n in waiting if all(d.handle in placed or d.handle not in members for d in n.deps)]
+        if not ready:
+            raise CudaError(Error.cudaErrorInvalidValue, "the graph's dependencies form a cycle")
+        for n in ready:
+            placed.add(n.handle)
+        order += ready
+        waiting = [n for n in waiting if n.handle not in placed]
+    return order
+
+
 class GraphExec:
     def __init__(self, graph: Graph) -> None:
-        self.nodes = tuple(graph.nodes)  # later changes to the graph do not reach an instantiated one
+        self.nodes = tuple(_in_order(graph.nodes))  # later changes to the graph do not reach an instantiated one
+        self.replays = {n.handle: n.replay for n in self.nodes}  # this exec's own (cudaGraphExecKernelNodeSetParams)
         self.handle = S.handle()
         self.done: Event | None = None  # recorded at the end of each launch: the next launch waits for it
         self.last_stream: int | None = None
@@ -1765,6 +1788,138 @@ def _graph_exec(handle) -> GraphExec:
     return g
 
 
+# ---- graphs built node by node --------------------------------------------------------------------
+# Each node records what it will do, by value, as a captured one does: a kernel's arguments are taken when the
+# node is added; a copy reads its host memory when the graph runs there. Launching replays the nodes in an
+# order their dependencies hold in, one after another on the launch stream.
+def cudaGraphCreate(p_graph, flags: int) -> None:
+    if p_graph == ffi.NULL or flags:
+        raise CudaError(Error.cudaErrorInvalidValue, "cudaGraphCreate(NULL, ...) or flags other than 0")
+    g = Graph()
+    S.graphs[g.handle] = g
+    _out(p_graph, "uintptr_t", g.handle)
+
+
+def _add_node(p_node, graph, deps, count: int, kind: str, replay: Callable[[int], None]) -> None:
+    g = _graph(graph)
+    if p_node == ffi.NULL or (count and deps == ffi.NULL):
+        raise CudaError(Error.cudaErrorInvalidValue, "a NULL node or dependency pointer")
+    handles = [int(ffi.cast("uintptr_t *", deps)[i]) for i in range(count)]
+    members = {n.handle: n for n in g.nodes}
+    if any(h not in members for h in handles) or len(set(handles)) != len(handles):
+        raise CudaError(Error.cudaErrorInvalidValue, "a dependency that is not a node of this graph, or twice")
+    node = Node(kind, replay, tuple(members[h] for h in handles))
+    g.nodes.append(node)
+    _out(p_node, "uintptr_t", node.handle)
+
+
+def cudaGraphAddEmptyNode(p_node, graph, deps, count: int) -> None:
+    _add_node(p_node, graph, deps, count, "empty", lambda h: None)
+
+
+def cudaGraphAddKernelNode(p_node, graph, deps, count: int, params) -> None:
+    p = _read(params, "cudaKernelNodeParams")
+    if p["extra"]:
+        raise CudaError(Error.cudaErrorNotSupported, "kernel node arguments in the `extra` format")
+    dev = device()
+    build = _launch_builder(ffi.cast("void *", p["func"]), p["gridDim"], p["blockDim"],
+                            ffi.cast("void **", p["kernelParams"]), p["sharedMemBytes"], dev)
+    _add_node(p_node, graph, deps, count, "kernel", lambda h: _submit_launch(dev, build, h))
+
+
+def cudaGraphExecKernelNodeSetParams(graph_exec, node, params) -> None:
+    """New arguments (and shape) for one kernel node of an instantiated graph; the graph itself keeps its own."""
+    ge = _graph_exec(graph_exec)
+    n = S.nodes.get(_addr(node))
+    if n is None or n.handle not in ge.replays or n.kind != "kernel":
+        raise CudaError(Error.cudaErrorInvalidValue, "not a kernel node of this graph exec")
+    p = _read(params, "cudaKernelNodeParams")
+    dev = device()
+    build = _launch_builder(ffi.cast("void *", p["func"]), p["gridDim"], p["blockDim"],
+                            ffi.cast("void **", p["kernelParams"]), p["sharedMemBytes"], dev)
+    ge.replays[n.handle] = lambda h: _submit_launch(dev, build, h)
+
+
+def cudaGraphAddMemcpyNode1D(p_node, graph, deps, count: int, dst, src, size: int, kind: int) -> None:
+    d, s_ = _addr(dst), _addr(src)
+    _add_node(p_node, graph, deps, count, "memcpy", lambda h: _copy(d, s_, size, kind, h, True))
+
+
+def cudaGraphAddMemsetNode(p_node, graph, deps, count: int, params) -> None:
+    p = _read(params, "cudaMemsetParams")
+    size, ptr, pitch, value, width, height = (p[k] for k in ("elementSize", "dst", "pitch", "value", "width", "height"))
+    if size not in (1, 2, 4) or ptr % size or (height > 1 and (width * size > pitch or pitch % size)):
+        raise CudaError(Error.cudaErrorInvalidValue, f"memset node of {width} x {height} elements of {size} bytes, "
+                                                     f"pitch {pitch}")
+
+    def replay(h: int) -> None:
+        for row in range(height):
+            _memset(ptr + row * pitch, value, width, h, True, size)
+    _add_node(p_node, graph, deps, count, "memset", replay)
+
+
+def cudaGraphAddHostNode(p_node, graph, deps, count: int, params) -> None:
+    p = _read(params, "cudaHostNodeParams")
+    if not p["fn"]:
+        raise CudaError(Error.cudaErrorInvalidValue, "a host node without a function")
+    fn, data = ffi.cast("void *", p["fn"]), ffi.cast("void *", p["userData"])
+    _add_node(p_node, graph, deps, count, "host", lambda h: cudaLaunchHostFunc(h, fn, data))
+
+
+def cudaGraphAddChildGraphNode(p_node, graph, deps, count: int, child) -> None:
+    """The child graph as it is now (CUDA clones it): its nodes run in order where this node does."""
+    steps = [n.replay for n in _in_order(_graph(child).nodes)]
+
+    def replay(h: int) -> None:
+        for step in steps:
+            step(h)
+    _add_node(p_node, graph, deps, count, "graph", replay)
+
+
+def cudaGraphAddEventRecordNode(p_node, graph, deps, count: int, event) -> None:
+    e = _event(event)
+    _add_node(p_node, graph, deps, count, "event_record", lambda h: _event_record_node(h, e))
+
+
+def cudaGraphAddEventWaitNode(p_node, graph, deps, count: int, event) -> None:
+    e = _event(event)
+    _add_node(p_node, graph, deps, count, "wait_event", lambda h: _wait_event(h, e))
+
+
+def cudaGraphAddDependencies(graph, from_, to, edges, count: int) -> None:
+    g = _graph(graph)
+    if count and (from_ == ffi.NULL or to == ffi.NULL):
+        raise CudaError(Error.cudaErrorInvalidValue, "NULL dependency arrays")
+    if edges != ffi.NULL and any(_bytes(_addr(edges) + 8 * i, 8) != bytes(8) for i in range(count)):
+        raise CudaError(Error.cudaErrorNotSupported, "edges with ports or types other than full completion")
+    members = {n.handle: n for n in g.nodes}
+    before = {n.handle: n.deps for n in g.nodes}
+    try:
+        for i in range(count):
+            a, b = (members.get(int(ffi.cast("uintptr_t *", arr)[i])) for arr in (from_, to))
+            if a is None or b is None or a is b or a in b.deps:
+                raise CudaError(Error.cudaErrorInvalidValue, "not two nodes of this graph, or the edge exists")
+            b.deps = (*b.deps, a)
+        _in_order(g.nodes)  # a cycle is refused now
+    except CudaError:
+        for n in g.nodes:
+            n.deps = before[n.handle]
+        raise
+
+
+def cudaGraphClone(p_graph, original) -> None:
+    g = _graph(original)
+    if p_graph == ffi.NULL:
+        raise CudaError(Error.cudaErrorInvalidValue, "a NULL graph pointer")
+    copy = Graph()
+    twins = {n.handle: Node(n.kind, n.replay, ()) for n in g.nodes}
+    for n in g.nodes:
+        twins[n.handle].deps = tuple(twins[d.handle] for d in n.deps)
+        copy.nodes.append(twins[n.handle])
+    S.graphs[copy.handle] = copy
+    _out(p_graph, "uintptr_t", copy.handle)
+
+
 def cudaGraphInstantiate(p_exec, graph, flags: int) -> None:
     g = _graph(graph)
     if p_exec == ffi.NULL:
@@ -1796,7 +1951,7 @@ def cudaGraphLaunch(graph_exec, stream) -> None:
     if ge.done is not None and ge.last_stream != k:
         (s or dev.default_stream).wait(ge.done)
     for node in ge.nodes:
-        node.replay(h)
+        ge.replays[node.handle](h)
     if ge.nodes:
         if ge.done is None or ge.done.device is not dev:
             ge.done = dev.create_event(timing=False)

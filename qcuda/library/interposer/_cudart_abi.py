@@ -564,6 +564,26 @@ STRUCTS: dict[str, tuple[int, tuple[tuple[str, int, str, int], ...]]] = {
         ('location', 0, 'ii', 1),
         ('flags', 8, 'i', 1),
     )),
+    'cudaKernelNodeParams': (56, (
+        ('func', 0, 'Q', 1),
+        ('gridDim', 8, '3I', 1),
+        ('blockDim', 20, '3I', 1),
+        ('sharedMemBytes', 32, 'I', 1),
+        ('kernelParams', 40, 'Q', 1),
+        ('extra', 48, 'Q', 1),
+    )),
+    'cudaMemsetParams': (40, (
+        ('dst', 0, 'Q', 1),
+        ('pitch', 8, 'Q', 1),
+        ('value', 16, 'I', 1),
+        ('elementSize', 20, 'I', 1),
+        ('width', 24, 'Q', 1),
+        ('height', 32, 'Q', 1),
+    )),
+    'cudaHostNodeParams': (16, (
+        ('fn', 0, 'Q', 1),
+        ('userData', 8, 'Q', 1),
+    )),
 }
 
 RUNTIME_VERSION = 13000

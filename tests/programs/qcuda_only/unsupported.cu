@@ -3,10 +3,11 @@
 #include "../check.h"
 
 int main() {
-  cudaGraph_t graph;
-  EXPECT(cudaErrorNotSupported, cudaGraphCreate(&graph, 0));
-  EXPECT(cudaErrorNotSupported, cudaGraphCreate(&graph, 0));
-  CHECK("the last error says so", cudaGraphCreate(&graph, 0) == cudaErrorNotSupported &&
+  cudaArray_t array;
+  cudaChannelFormatDesc desc = cudaCreateChannelDesc<float>();
+  EXPECT(cudaErrorNotSupported, cudaMallocArray(&array, &desc, 64, 64, 0));
+  EXPECT(cudaErrorNotSupported, cudaMallocArray(&array, &desc, 64, 64, 0));
+  CHECK("the last error says so", cudaMallocArray(&array, &desc, 64, 64, 0) == cudaErrorNotSupported &&
                                       cudaGetLastError() == cudaErrorNotSupported);
   void *p = nullptr;
   cudaIpcMemHandle_t ipc;
