@@ -18,7 +18,7 @@ H100 = {"cudaDevAttrWarpSize": 32, "cudaDevAttrMaxThreadsPerMultiProcessor": 204
         "cudaDevAttrMaxBlocksPerMultiprocessor": 32, "cudaDevAttrMaxRegistersPerMultiprocessor": 65536,
         "cudaDevAttrMaxRegistersPerBlock": 65536, "cudaDevAttrMaxSharedMemoryPerMultiprocessor": 233472,
         "cudaDevAttrReservedSharedMemoryPerBlock": 1024}
-REFERENCE = r"""
+H100_PROGRAM = r"""
 #include <cuda_occupancy.h>
 #include <cstdio>
 int main() {
@@ -27,6 +27,8 @@ int main() {
   p.regsPerBlock = 65536; p.regsPerMultiprocessor = 65536; p.warpSize = 32; p.sharedMemPerBlock = 49152;
   p.sharedMemPerMultiprocessor = 233472; p.numSms = 132; p.sharedMemPerBlockOptin = 232448;
   p.reservedSharedMemPerBlock = 1024;
+"""  # the start of a program that asks cuda_occupancy.h about an H100
+REFERENCE = H100_PROGRAM + r"""
   int regs[] = {REGS}, blocks[] = {BLOCKS}, shared[] = {SHARED};
   for (int r : regs) for (int b : blocks) for (int s : shared) {
     cudaOccFuncAttributes f;
@@ -62,15 +64,7 @@ def test_occupancy_matches_cuda_occupancy_h(tmp_path):
         assert _blocks_per_sm(Dev(), kernel, block, shared) == want, (regs, block, shared)
 
 
-AVAILABLE = r"""
-#include <cuda_occupancy.h>
-#include <cstdio>
-int main() {
-  cudaOccDeviceProp p;
-  p.computeMajor = 9; p.computeMinor = 0; p.maxThreadsPerBlock = 1024; p.maxThreadsPerMultiprocessor = 2048;
-  p.regsPerBlock = 65536; p.regsPerMultiprocessor = 65536; p.warpSize = 32; p.sharedMemPerBlock = 49152;
-  p.sharedMemPerMultiprocessor = 233472; p.numSms = 132; p.sharedMemPerBlockOptin = 232448;
-  p.reservedSharedMemPerBlock = 1024;
+AVAILABLE = H100_PROGRAM + r"""
   int statics[] = {0, 4000, 40000}, dynamics[] = {0, 9152, 49152, 100000, 200000}, counts[] = {1, 2, 3, 7, 16};
   for (int st : statics) for (int dyn : dynamics) for (int n : counts) {
     if (st + dyn > 232448) continue;
