@@ -192,21 +192,21 @@ class Client:
     def _poll_for(self, pending: Pending) -> None:
         """Wait for `pending` by reading the completion ring in this thread: no hand-over between threads.
 
-        Only shared-memory channels can be polled; after a short spin the receiver thread takes over. While
-        another thread holds the ring (the receiver between its sleeps, or another caller), this one yields
-        and tries again rather than falling back at once to a hand-over (two thread wake-ups).
+        After a short spin the receiver thread takes over. While another thread holds the channel (the
+        receiver between its sleeps, or another caller), this one yields and tries again rather than falling
+        back at once to a hand-over (two thread wake-ups).
         """
-        if not hasattr(self.channel, "poll"):
-            return
         deadline = time.perf_counter() + SPIN_SECONDS
         while pending.frame is None:
             if self._poll_lock.acquire(blocking=False):
                 self.channel.hush()
-                try:
-                    while pending.frame is None and time.perf_counter() < deadline:
+                try:  # everything that has arrived is delivered, what came after this answer too
+                    while time.perf_counter() < deadline:
                         frame = self.channel.poll()
                         if frame is not None:
                             self._deliver(frame)
+                        elif pending.frame is not None:
+                            break
                 except ChannelClosed:
                     self._lose_daemon()
                 finally:
@@ -220,9 +220,6 @@ class Client:
     def _receive_loop(self) -> None:
         """Reads what no caller is polling for: long waits, host messages, the daemon's end."""
         try:
-            if not hasattr(self.channel, "poll"):
-                while True:
-                    self._deliver(self.channel.receive())
             idle_since = time.perf_counter()
             while True:
                 with self._poll_lock:
