@@ -20,7 +20,12 @@ from .parser import Addr, Imm, Reg, Sym
 # the device heap or mapped host memory can occupy.
 SHARED_WINDOW = 0xFFFF_0000_0000_0000
 LOCAL_WINDOW = 0xFFFE_0000_0000_0000
+CLUSTER_WINDOW = 0xFFFD_0000_0000_0000  # another block of the cluster's shared memory (distributed shared memory)
 WINDOW_SIZE = 1 << 32
+LOWEST_WINDOW = CLUSTER_WINDOW  # generic addresses below this one are global
+# A .shared::cluster address (and CLUSTER_WINDOW + it, generically): the block's rank + 1 above this bit, the
+# offset in that block's shared memory below it; rank bits 0 mean the block's own shared memory.
+CLUSTER_RANK_SHIFT = 24
 
 DTYPES: dict[str, np.dtype] = {
     name: np.dtype(dt)
@@ -216,6 +221,7 @@ class Frame:
 
     def start(self, first_block: int) -> None:
         """Point the batch at blocks first_block.. of the grid; clear per-block memory."""
+        self.first_block = first_block
         lin = (self.block_of_thread + first_block).astype(np.uint32)
         gx, gy, _ = self.grid
         self.sregs["%ctaid.x"][:] = lin % gx

@@ -15,21 +15,27 @@ import numpy as np
 
 from .....protocol.errors import CudaError, Error
 from .floats import half_adder
-from .frame import DTYPES, LOCAL_WINDOW, SHARED_WINDOW, WINDOW_SIZE, Frame, Unsupported, flush_subnormals
+from .frame import (
+    CLUSTER_RANK_SHIFT, CLUSTER_WINDOW, DTYPES, LOCAL_WINDOW, LOWEST_WINDOW, SHARED_WINDOW, WINDOW_SIZE, Frame,
+    Unsupported, flush_subnormals,
+)
 from .parser import Addr, Imm, Instruction, Reg, Vec
 from .shapes import Factory, Run, no_op, operands, types_of
 
 
-_SPACES = ("global", "shared", "local", "const", "param")
+_SPACES = ("global", "shared", "local", "const", "param", "cluster")  # cluster: .shared::cluster
 ATOMIC_LOCK = threading.Lock()  # one atomic instruction's update of global memory at a time (see make_atom)
 
 
 def _window_index(fr: Frame, space: str, addrs: np.ndarray, ids, dt: np.dtype):
-    """(typed view of the space's bytes, element index per address) for shared or local memory."""
+    """(typed view of the space's bytes, element index per address) for shared, cluster-shared or local memory."""
     size = dt.itemsize
     if space == "shared":
         buf, limit = fr.shared, fr.shared_size
         owner = fr.block_pos if ids is None else fr.block_of_thread[ids]
+    elif space == "cluster":
+        buf, limit = fr.shared, fr.shared_size
+        owner, addrs = cluster_block(fr, addrs, ids)
     else:
         buf, limit = fr.local, fr.local_size
         owner = fr.thread_index if ids is None else ids
@@ -44,17 +50,37 @@ def _window_index(fr: Frame, space: str, addrs: np.ndarray, ids, dt: np.dtype):
     return buf.view(dt), (owner * limit + off) // size
 
 
+def cluster_block(fr: Frame, addrs: np.ndarray, ids) -> tuple[np.ndarray, np.ndarray]:
+    """(batch position of the block each .shared::cluster address names, offset in its shared memory). A
+    cluster's blocks always share a batch (Kernel.launch), so the block is found from the thread's own."""
+    addrs = np.asarray(addrs).astype(np.int64)
+    ids = fr.thread_index if ids is None else ids
+    own = fr.block_of_thread[ids].astype(np.int64)
+    rank = (addrs >> CLUSTER_RANK_SHIFT) - 1
+    offset = addrs & ((1 << CLUSTER_RANK_SHIFT) - 1)
+    cx, cy, cz = fr.cluster
+    if int(rank.max(initial=-1)) >= cx * cy * cz:
+        raise CudaError(Error.cudaErrorIllegalAddress, f"a distributed shared memory access to a block of rank "
+                                                       f"{int(rank.max())} in a cluster of {cx * cy * cz}")
+    gx, gy, _ = fr.grid
+    lin = own + fr.first_block
+    x, y, z = lin % gx, (lin // gx) % gy, lin // (gx * gy)
+    tx, ty, tz = x - x % cx + rank % cx, y - y % cy + (rank // cx) % cy, z - z % cz + rank // (cx * cy)
+    target = tx + ty * gx + tz * gx * gy - fr.first_block
+    return np.where(rank < 0, own, target), offset
+
+
 def load_space(fr: Frame, space: str | None, addrs: np.ndarray, ids, dt: np.dtype) -> np.ndarray:
     """Values at per-thread addresses of a state space (None: generic); `ids` are the threads
     the addresses belong to (None: all threads in order)."""
     if space in ("global", "const"):
         return fr.memory.load(addrs, dt)
-    if space in ("shared", "local"):
+    if space in ("shared", "local", "cluster"):
         view, idx = _window_index(fr, space, addrs, ids, dt)
         return view[idx]
     if space == "param":
         return _param_view(fr, addrs, dt)
-    if addrs.size == 0 or int(addrs.max()) < LOCAL_WINDOW:
+    if addrs.size == 0 or int(addrs.max()) < LOWEST_WINDOW:
         return fr.memory.load(addrs, dt)
     out = np.empty(addrs.size, dt)
     ids = fr.thread_index if ids is None else ids
@@ -69,13 +95,13 @@ def store_space(fr: Frame, space: str | None, addrs: np.ndarray, ids, values) ->
         fr.memory.store(addrs, values)
         return
     values = np.asarray(values)
-    if space in ("shared", "local"):
+    if space in ("shared", "local", "cluster"):
         view, idx = _window_index(fr, space, addrs, ids, values.dtype)
         view[idx] = values
         return
     if space == "param":
         raise Unsupported("st.param (a call sequence)")
-    if addrs.size == 0 or int(addrs.max()) < LOCAL_WINDOW:
+    if addrs.size == 0 or int(addrs.max()) < LOWEST_WINDOW:
         fr.memory.store(addrs, values)
         return
     ids = fr.thread_index if ids is None else ids
@@ -86,9 +112,11 @@ def store_space(fr: Frame, space: str | None, addrs: np.ndarray, ids, values) ->
 
 
 def _generic_parts(addrs: np.ndarray):
-    shared = (addrs >= np.uint64(SHARED_WINDOW)) & (addrs < np.uint64(SHARED_WINDOW + WINDOW_SIZE))
-    local = (addrs >= np.uint64(LOCAL_WINDOW)) & (addrs < np.uint64(LOCAL_WINDOW + WINDOW_SIZE))
-    return ((~(shared | local), "global", 0), (shared, "shared", SHARED_WINDOW), (local, "local", LOCAL_WINDOW))
+    def inside(base: int) -> np.ndarray:
+        return (addrs >= np.uint64(base)) & (addrs < np.uint64(base + WINDOW_SIZE))
+    shared, local, cluster = inside(SHARED_WINDOW), inside(LOCAL_WINDOW), inside(CLUSTER_WINDOW)
+    return ((~(shared | local | cluster), "global", 0), (shared, "shared", SHARED_WINDOW),
+            (local, "local", LOCAL_WINDOW), (cluster, "cluster", CLUSTER_WINDOW))
 
 
 def _param_view(fr: Frame, addrs: np.ndarray, dt: np.dtype) -> np.ndarray:
@@ -101,9 +129,7 @@ def _param_view(fr: Frame, addrs: np.ndarray, dt: np.dtype) -> np.ndarray:
 
 
 def _mem_shape(inst: Instruction, mods: list[str]) -> tuple[str | None, int, np.dtype]:
-    if any(m.endswith("::cluster") for m in mods):
-        raise Unsupported(f"instruction {inst.opcode} (cluster shared memory)")
-    mods = [m.removesuffix("::cta") for m in mods]
+    mods = ["cluster" if m == "shared::cluster" else m.removesuffix("::cta") for m in mods]
     space = next((m for m in mods if m in _SPACES), None)
     vec = next((int(m[1:]) for m in mods if m in ("v2", "v4", "v8")), 1)
     types = types_of(mods)
@@ -197,11 +223,12 @@ def make_atom(inst: Instruction, mods: list[str]) -> Factory:
     is scanned in float64 in a tree order: with several lanes on one address the old values and
     the sum may differ from a serial float32 order in the last bits.
     """
-    space = next((m.removesuffix("::cta") for m in mods if m.removesuffix("::cta") in _SPACES), None)
+    mods = ["cluster" if m == "shared::cluster" else m.removesuffix("::cta") for m in mods]
+    space = next((m for m in mods if m in _SPACES), None)
     op = next((m for m in mods if m in _ATOM_OPS), None)
     half = next((m for m in mods if m in ("f16", "bf16", "f16x2", "bf16x2")), None)
     types = [np.dtype(np.uint8)] if half else types_of(mods)  # a placeholder: half_adder gives the type
-    if op is None or len(types) != 1 or "v2" in mods or "v4" in mods or any(m.endswith("::cluster") for m in mods) \
+    if op is None or len(types) != 1 or "v2" in mods or "v4" in mods \
             or (half and op != "add"):
         raise Unsupported(f"instruction {inst.opcode}")
     dt, half_add = half_adder(half) if half else (types[0], None)
@@ -227,9 +254,12 @@ def make_atom(inst: Instruction, mods: list[str]) -> Factory:
                 addrs = addrs[m.mask]
             if addrs.size == 0:
                 return
-            key = _location_owner(fr, space, addrs, ids)
-            order = np.lexsort((addrs, key))  # stable: thread order within a location
-            sa, sk = addrs[order], key[order]
+            if space == "cluster":  # a location is a block's offset, however the address names the block
+                key, grouping = cluster_block(fr, addrs, ids)
+            else:
+                key, grouping = _location_owner(fr, space, addrs, ids), addrs
+            order = np.lexsort((grouping, key))  # stable: thread order within a location
+            sa, sk = grouping[order], key[order]
             starts = np.flatnonzero(np.r_[True, (sa[1:] != sa[:-1]) | (sk[1:] != sk[:-1])])
             counts = np.diff(np.r_[starts, addrs.size])
             rank = np.arange(addrs.size) - np.repeat(starts, counts)
@@ -269,10 +299,12 @@ def _location_owner(fr: Frame, space: str | None, addrs: np.ndarray, ids: np.nda
         return fr.block_of_thread[ids]
     if space == "local":
         return ids.copy()
-    if space is None and addrs.size and int(addrs.max()) >= LOCAL_WINDOW:
+    if space == "cluster":
+        return cluster_block(fr, addrs, ids)[0]
+    if space is None and addrs.size and int(addrs.max()) >= LOWEST_WINDOW:
         owner = np.full(addrs.size, -1, np.int64)
-        for sel, sp, _ in _generic_parts(addrs)[1:]:
-            owner[sel] = _location_owner(fr, sp, addrs[sel], ids[sel])
+        for sel, sp, base in _generic_parts(addrs)[1:]:
+            owner[sel] = _location_owner(fr, sp, addrs[sel] - np.uint64(base), ids[sel])
         return owner
     return np.zeros(addrs.size, np.int64)
 

@@ -22,7 +22,10 @@ from typing import Callable
 import numpy as np
 
 from .....protocol.errors import CudaError, Error
-from .frame import DTYPES, LOCAL_WINDOW, SHARED_WINDOW, SINT, UINT, WINDOW_SIZE, Active, Frame, Unsupported, blend
+from .frame import (
+    CLUSTER_RANK_SHIFT, CLUSTER_WINDOW, DTYPES, LOCAL_WINDOW, LOWEST_WINDOW, SHARED_WINDOW, SINT, UINT, WINDOW_SIZE,
+    Active, Frame, Unsupported, blend,
+)
 from .floats import (
     fma_f64, fma_narrow, make_cvt_packed, make_directed, make_packed, packed_type, saturate, step_directed,
 )
@@ -708,13 +711,33 @@ def _make_cvta(inst: Instruction, mods: list[str]) -> Factory:
     return elementwise(inst, dt, fn)
 
 
+def _make_mapa(inst: Instruction, mods: list[str]) -> Factory:
+    """mapa: the address of the same shared variable in the block of rank `b` of the cluster (distributed shared
+    memory): generic (a generic shared address in, a generic one out) or .shared::cluster (32-bit offsets)."""
+    dt = one_type(inst, [m for m in mods if m != "shared::cluster"])
+    operands(inst, 3)
+    rank_bits = np.uint64(CLUSTER_RANK_SHIFT)
+    offset_mask = np.uint64((1 << CLUSTER_RANK_SHIFT) - 1)
+
+    def fn(a, b):
+        a, b = np.asarray(a).astype(np.uint64), np.asarray(b).astype(np.uint64)
+        if "shared::cluster" in mods:
+            return ((b + np.uint64(1)) << rank_bits) | (a & offset_mask)
+        within = np.where(a >= np.uint64(SHARED_WINDOW), a - np.uint64(SHARED_WINDOW), a - np.uint64(CLUSTER_WINDOW))
+        return np.uint64(CLUSTER_WINDOW) + ((b + np.uint64(1)) << rank_bits) + (within & offset_mask)
+    return elementwise(inst, dt, lambda a, b: fn(a, b).astype(dt), src_dts=[dt, DTYPES["u32"]])
+
+
 def _make_isspacep(inst: Instruction, mods: list[str]) -> Factory:
     d, a = operands(inst, 2)
     space = mods[0] if mods else ""
     lo = {"shared": SHARED_WINDOW, "local": LOCAL_WINDOW}.get(space)
     u64 = DTYPES["u64"]
     if space == "global":
-        fn = lambda x: np.asarray(x) < np.uint64(LOCAL_WINDOW)  # noqa: E731
+        fn = lambda x: np.asarray(x) < np.uint64(LOWEST_WINDOW)  # noqa: E731
+    elif space == "shared::cluster":
+        fn = lambda x: (np.asarray(x) >= np.uint64(CLUSTER_WINDOW)) & (  # noqa: E731
+            (np.asarray(x) < np.uint64(CLUSTER_WINDOW + WINDOW_SIZE)) | (np.asarray(x) >= np.uint64(SHARED_WINDOW)))
     elif lo is not None:
         fn = lambda x: (np.asarray(x) >= np.uint64(lo)) & (np.asarray(x) < np.uint64(lo + WINDOW_SIZE))  # noqa: E731
     else:
@@ -804,7 +827,7 @@ _MAKERS: dict[str, Callable[[Instruction, list[str]], Factory]] = {
     "popc": _make_popc, "clz": _make_clz, "brev": _make_brev, "bfind": _make_bfind,
     "bfe": _make_bfe, "bfi": _make_bfi, "prmt": _make_prmt, "lop3": _make_lop3, "shf": _make_shf,
     "setp": _make_setp, "set": _make_set, "selp": _make_selp,
-    "mov": _make_mov, "cvt": _make_cvt, "cvta": _make_cvta, "isspacep": _make_isspacep,
+    "mov": _make_mov, "cvt": _make_cvt, "cvta": _make_cvta, "isspacep": _make_isspacep, "mapa": _make_mapa,
     "ld": make_ld, "ldu": make_ld, "st": make_st, "atom": make_atom, "red": make_atom,
     "bar": make_barrier, "barrier": make_barrier, "membar": no_op, "fence": no_op,
     "nanosleep": no_op, "prefetch": no_op, "prefetchu": no_op,
