@@ -199,6 +199,9 @@ CASES = [
      lambda: [*_math_inputs(np.float32), np.zeros(512 * 17, np.float32), np.int32(512)], 2e-6),
     ("math.cu", "math_f64", (4, 1, 1), (128, 1, 1), 0,
      lambda: [*_math_inputs(np.float64), np.zeros(512 * 11), np.int32(512)], 1e-15),
+    ("wmma.cu", "wmma_f32", (1, 1, 1), (64, 1, 1), 0,  # tensor cores sum in their own order: close, not equal
+     lambda: [f32(32, 64).astype(np.float16), f32(16, 64).astype(np.float16), np.zeros(512, np.float32),
+              np.int32(64)], 1e-4),
 ]
 
 

@@ -14,7 +14,7 @@ kernel: `output` (where device printf and assert messages go; stdout by default)
 
 Modules: fatbin (extracting PTX), parser (PTX to a syntax tree), inline (device-function calls),
 kernel (layouts, basic blocks, the SIMT scheduler), frame (a batch's registers and memories),
-ops/memops/warp/floats/runtime (instruction semantics).
+ops/memops/warp/matrix/floats/runtime (instruction semantics). docs/emulator.md says what it runs.
 """
 from .kernel import Kernel
 from .module import Module

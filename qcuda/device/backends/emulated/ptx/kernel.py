@@ -44,7 +44,7 @@ CACHED_FRAME_BYTES = 4 << 20  # frames this small stay bound between launches (o
 COMPACT_RATIO = 8  # a loop entered by at most 1/8 of a frame's threads runs in a frame of its own
 COMPACT_MIN_THREADS = 4096  # ... when the frame is at least this big (else copying costs more)
 _FALL, _BRA, _EXIT = 0, 1, 2
-_COLLECTIVE = ("shfl", "vote", "activemask", "redux", "match")  # need whole warps: never compacted
+_COLLECTIVE = ("shfl", "vote", "activemask", "redux", "match", "wmma")  # need whole warps: never compacted
 
 
 @dataclass
@@ -417,6 +417,8 @@ def _liveness(blocks: list[_Block]) -> list[frozenset[str]]:
         kill: set[str] = set()
         for inst in blk.insts:
             base = inst.opcode.split(".")[0]
+            if inst.opcode.startswith("wmma.store"):
+                base = "st"  # [address], fragment, stride: reads only
             dests = [] if base in _NO_DESTINATION else _registers(inst.operands[:1])
             sources = inst.operands if base in _NO_DESTINATION else inst.operands[1:]
             reads_cf, writes_cf = carry_use(inst)
