@@ -431,3 +431,95 @@ def make_cp(inst: Instruction, mods: list[str]) -> Factory:
             store_space(fr, "shared", (d[:, None] + offsets[None, :]).ravel(), rows, data.ravel())
         return run
     return factory
+
+
+# mbarrier: a barrier object of 64 bits in shared memory (cuda::barrier, cuda::pipeline). The emulator's own
+# encoding (programs treat the object and its phase tokens as opaque): the pending arrivals in bits 0-20, the
+# expected arrivals per phase in bits 21-41, the phase number above; a token is the phase an arrival belonged to
+# (bits 21 and up) with the pending count after it (bits 0-20).
+_MB_BITS = 21
+_MB_MASK = (1 << _MB_BITS) - 1
+_MBARRIER_OPS = ("init", "arrive", "arrive_drop", "test_wait", "try_wait", "inval", "pending_count")
+
+
+def make_mbarrier(inst: Instruction, mods: list[str]) -> Factory:
+    op = mods[0] if mods else ""
+    if op not in _MBARRIER_OPS or "expect_tx" in mods or "noComplete" in mods or any(
+            m.endswith("::cluster") for m in mods):
+        raise Unsupported(f"instruction {inst.opcode}")
+    space = "shared" if any(m.removesuffix("::cta") == "shared" for m in mods) else None
+    u64, u32 = DTYPES["u64"], DTYPES["u32"]
+    ops = inst.operands
+
+    if op == "pending_count":
+        d, state = operands(inst, 2)
+
+        def pending(fr: Frame) -> Run:
+            gs, (_, write) = fr.src(state, u64), fr.dst(d, u32)
+            return lambda m: write((np.asarray(gs()) & np.uint64(_MB_MASK)).astype(u32), m)
+        return pending
+
+    def factory(fr: Frame) -> Run:
+        addr_op = ops[0] if op in ("init", "inval") else ops[1]
+        ga = fr.address(addr_op)
+        if op == "init":
+            gcount = fr.src(ops[1], u32)
+        elif op in ("arrive", "arrive_drop"):
+            gcount = fr.src(ops[2], u32) if len(ops) > 2 else (lambda: np.uint32(1))
+            write = fr.scatter(ops[0], u64) if not (isinstance(ops[0], Reg) and ops[0].name == "_") else None
+        elif op in ("test_wait", "try_wait"):
+            gtoken = fr.src(ops[2], u32 if "parity" in mods else u64)
+            write = fr.scatter(ops[0], DTYPES["pred"])
+
+        def active(m, getter):
+            value = np.broadcast_to(getter(), (fr.n,))
+            return value if m is True else value[m.mask]
+
+        def run(m):
+            addrs = ga() if m is True else ga()[m.mask]
+            ids = fr.thread_index if m is True else fr.thread_index[m.mask]
+            if addrs.size == 0:
+                return
+            if op == "inval":
+                return
+            if op == "init":
+                count = active(m, gcount).astype(np.uint64)
+                word = (count << np.uint64(_MB_BITS)) | count  # phase 0, all arrivals pending
+                store_space(fr, space, addrs, ids, word)
+                return
+            word = load_space(fr, space, addrs, ids, u64)
+            phase = word >> np.uint64(2 * _MB_BITS)
+            if op in ("test_wait", "try_wait"):
+                token = active(m, gtoken).astype(np.uint64)
+                if "parity" in mods:
+                    done = (phase & np.uint64(1)) != (token & np.uint64(1))
+                else:
+                    done = phase != (token >> np.uint64(_MB_BITS))
+                write(done, m)
+                return
+            # arrivals of this instruction, per barrier, one after another in thread order
+            key = _location_owner(fr, space, addrs, ids)
+            rows = np.stack([key.astype(np.uint64), addrs.astype(np.uint64)], axis=1)
+            _, first, group = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+            group = group.reshape(-1)
+            count = active(m, gcount).astype(np.int64)
+            total = np.bincount(group, weights=count).astype(np.int64)
+            w = word[first]
+            pending = (w & np.uint64(_MB_MASK)).astype(np.int64)
+            expected = ((w >> np.uint64(_MB_BITS)) & np.uint64(_MB_MASK)).astype(np.int64)
+            old_phase = (w >> np.uint64(2 * _MB_BITS)).astype(np.int64)
+            if op == "arrive_drop":  # later phases expect fewer arrivals
+                expected = expected - total
+            pending = pending - total
+            completed = pending <= 0
+            new_phase = old_phase + completed
+            pending = np.where(completed, np.maximum(expected, 0), pending)
+            new_word = ((new_phase.astype(np.uint64) << np.uint64(2 * _MB_BITS))
+                        | (np.maximum(expected, 0).astype(np.uint64) << np.uint64(_MB_BITS))
+                        | pending.astype(np.uint64))
+            store_space(fr, space, addrs[first], ids[first], new_word)
+            if write is not None:
+                token = (old_phase.astype(np.uint64) << np.uint64(_MB_BITS)) | pending.astype(np.uint64)
+                write(token[group], m)
+        return run
+    return factory

@@ -29,7 +29,7 @@ from .frame import (
 from .floats import (
     fma_f64, fma_narrow, make_cvt_packed, make_directed, make_packed, packed_type, saturate, step_directed,
 )
-from .memops import make_atom, make_cp, make_ld, make_st
+from .memops import make_atom, make_cp, make_ld, make_mbarrier, make_st
 from .parser import Imm, Instruction, PredPair, Reg, Vec
 from .runtime import make_builtin
 from .shapes import Factory, Run, elementwise, no_op, one_type, operands, pred_source, types_of, ufunc_op
@@ -834,7 +834,7 @@ _MAKERS: dict[str, Callable[[Instruction, list[str]], Factory]] = {
     "nanosleep": no_op, "prefetch": no_op, "prefetchu": no_op,
     "cp": make_cp, "dp4a": _make_dp, "dp2a": _make_dp, "mul24": _make_mul24, "mad24": _make_mul24, "sad": _make_sad,
     "trap": _make_trap, "shfl": make_shfl, "vote": make_vote, "activemask": make_activemask,
-    "redux": make_redux, "match": make_match, "wmma": make_wmma, "qcuda": make_builtin,
+    "redux": make_redux, "match": make_match, "wmma": make_wmma, "mbarrier": make_mbarrier, "qcuda": make_builtin,
 }
 
 
