@@ -70,11 +70,15 @@ def _warps(fr: Frame, m) -> np.ndarray:
     return np.flatnonzero(active[:, 0])
 
 
-def _tile_offsets(layout: str, stride: np.ndarray, size: int) -> np.ndarray:
-    """Byte offsets (warps, 16, 16) of a tile's elements from its first, for a row- or column-major layout."""
+def _tile_addresses(fr: Frame, ga, gs, lead: np.ndarray, layout: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(addresses, owning thread ids) of each warp's tile elements, row-major over the tile: each warp's lane 0
+    names the tile (its first element and the row or column stride in elements)."""
+    base = np.broadcast_to(ga(), (fr.n,))[lead].astype(np.uint64)
+    stride = np.broadcast_to(gs(), (fr.n,))[lead].astype(np.int64)[:, None, None]
     r, c = np.arange(TILE)[:, None], np.arange(TILE)[None, :]
-    s = stride.astype(np.int64)[:, None, None]
-    return ((r * s + c) if layout == "row" else (c * s + r)) * size
+    offsets = ((r * stride + c) if layout == "row" else (c * stride + r)) * size
+    addrs = (base[:, None, None] + offsets.astype(np.uint64)).reshape(-1)
+    return addrs, np.repeat(fr.thread_index[lead], TILE * TILE)
 
 
 def _to_registers(tiles: np.ndarray, which: str, dt: np.dtype) -> list[np.ndarray]:
@@ -103,24 +107,29 @@ def _from_registers(values: list[np.ndarray], which: str, dt: np.dtype, warps: i
     return tiles.reshape(warps, TILE, TILE)
 
 
-def _load_or_store_parts(inst: Instruction, mods: list[str]):
+def _transfer(inst: Instruction, mods: list[str], which: str):
+    """(layout, space, element type, address operand, fragment registers, stride operand) of a wmma.load
+    (`{regs}, [addr], stride`) or wmma.store (`[addr], {regs}, stride`)."""
     layout = next((m for m in mods if m in ("row", "col")), None)
     space = next((m for m in mods if m in _SPACES), None)
-    if layout is None or any(m in ("s8", "u8", "s4", "u4", "b1", "bf16", "tf32", "f64", "s32") for m in mods):
+    if layout is None or len(inst.operands) != 3 or any(
+            m in ("s8", "u8", "s4", "u4", "b1", "bf16", "tf32", "f64", "s32") for m in mods):
         raise Unsupported(f"instruction {inst.opcode}")
-    return layout, space, _element_type(mods)
+    dt = _element_type(mods)
+    if which not in ("a", "b", "c", "d") or (which in ("a", "b") and dt != F16):
+        raise Unsupported(f"instruction {inst.opcode}")
+    first, second, stride = inst.operands
+    address, fragment = (second, first) if mods[0] == "load" else (first, second)
+    if not isinstance(address, Addr):
+        raise CudaError(Error.cudaErrorInvalidPtx, f"{inst}: the memory operand must be an address")
+    return layout, space, dt, address, _regs(fragment, _fragment_shape(which, dt)[0], inst), stride
 
 
 def _make_load(inst: Instruction, mods: list[str]) -> Factory:
     which = mods[1]
-    layout, space, dt = _load_or_store_parts(inst, mods)
-    if which not in ("a", "b", "c") or (which in ("a", "b") and dt != F16) or len(inst.operands) != 3:
+    if which == "d":
         raise Unsupported(f"instruction {inst.opcode}")
-    d, a, stride = inst.operands
-    nregs, _ = _fragment_shape(which, dt)
-    regs = _regs(d, nregs, inst)
-    if not isinstance(a, Addr):
-        raise CudaError(Error.cudaErrorInvalidPtx, f"{inst}: the source must be an address")
+    layout, space, dt, a, regs, stride = _transfer(inst, mods, which)
 
     def factory(fr: Frame) -> Run:
         ga, gs = fr.address(a), fr.src(stride, U32)
@@ -128,11 +137,8 @@ def _make_load(inst: Instruction, mods: list[str]) -> Factory:
 
         def run(m):
             warps = _warps(fr, m)
-            lead = warps * 32  # each warp's lane 0 names the tile for the warp
-            base = np.broadcast_to(ga(), (fr.n,))[lead]
-            offsets = _tile_offsets(layout, np.broadcast_to(gs(), (fr.n,))[lead], dt.itemsize)
-            addrs = (base.astype(np.uint64)[:, None, None] + offsets.astype(np.uint64)).reshape(-1)
-            ids = np.repeat(fr.thread_index[lead], 256)
+            lead = warps * 32
+            addrs, ids = _tile_addresses(fr, ga, gs, lead, layout, dt.itemsize)
             tiles = load_space(fr, space, addrs, ids, dt).reshape(len(warps), TILE, TILE)
             lanes = (lead[:, None] + np.arange(32)).reshape(-1)
             for w, value in zip(writers, _to_registers(tiles, which, dt)):
@@ -144,14 +150,9 @@ def _make_load(inst: Instruction, mods: list[str]) -> Factory:
 
 
 def _make_store(inst: Instruction, mods: list[str]) -> Factory:
-    layout, space, dt = _load_or_store_parts(inst, mods)
-    if mods[1] != "d" or len(inst.operands) != 3:
+    if mods[1] != "d":
         raise Unsupported(f"instruction {inst.opcode}")
-    a, s, stride = inst.operands
-    nregs, _ = _fragment_shape("d", dt)
-    regs = _regs(s, nregs, inst)
-    if not isinstance(a, Addr):
-        raise CudaError(Error.cudaErrorInvalidPtx, f"{inst}: the destination must be an address")
+    layout, space, dt, a, regs, stride = _transfer(inst, mods, "d")
 
     def factory(fr: Frame) -> Run:
         ga, gs = fr.address(a), fr.src(stride, U32)
@@ -163,10 +164,8 @@ def _make_store(inst: Instruction, mods: list[str]) -> Factory:
             lanes = (lead[:, None] + np.arange(32)).reshape(-1)
             values = [np.broadcast_to(g(), (fr.n,))[lanes] for g in getters]
             tiles = _from_registers(values, "d", dt, len(warps))
-            base = np.broadcast_to(ga(), (fr.n,))[lead]
-            offsets = _tile_offsets(layout, np.broadcast_to(gs(), (fr.n,))[lead], dt.itemsize)
-            addrs = (base.astype(np.uint64)[:, None, None] + offsets.astype(np.uint64)).reshape(-1)
-            store_space(fr, space, addrs, np.repeat(fr.thread_index[lead], 256), tiles.reshape(-1).astype(dt))
+            addrs, ids = _tile_addresses(fr, ga, gs, lead, layout, dt.itemsize)
+            store_space(fr, space, addrs, ids, tiles.reshape(-1).astype(dt))
         return run
     return factory
 
