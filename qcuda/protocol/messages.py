@@ -525,6 +525,9 @@ class LaunchCooperative(Launch):
     CMD = Cmd.LAUNCH_COOPERATIVE
 
 
+MAX_CLUSTER_BLOCKS = 8  # sm_90's portable cluster size: the most blocks a LaunchCluster's clusters may have
+
+
 @_message
 @dataclass(frozen=True)
 class LaunchCluster(Message):

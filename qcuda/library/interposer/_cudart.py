@@ -245,11 +245,16 @@ def _per_thread_variant(fn: Callable) -> Callable:
     return call
 
 
+def _owned(table: dict, handle, kind: str, error: Error):
+    """The object `handle` names in one of this process's handle tables, or `error` naming what it is not."""
+    found = table.get(_addr(handle))
+    if found is None:
+        raise CudaError(error, f"{kind} 0x{_addr(handle):x} is not one of this process's")
+    return found
+
+
 def _event(handle) -> Event:
-    e = S.events.get(_addr(handle))
-    if e is None:
-        raise CudaError(Error.cudaErrorInvalidResourceHandle, f"event 0x{_addr(handle):x} is not one of this process's")
-    return e
+    return _owned(S.events, handle, "event", Error.cudaErrorInvalidResourceHandle)
 
 
 def _wire(s: Stream | None) -> int:
@@ -371,9 +376,6 @@ def cudaLaunchCooperativeKernel(func, grid, block, args, shared: int, stream) ->
     _launch(func, (grid.x, grid.y, grid.z), (block.x, block.y, block.z), args, shared, stream, True)
 
 
-MAX_CLUSTER_BLOCKS = 8  # sm_90's portable cluster size (larger ones need an attribute qcuda does not take)
-
-
 def _launch(func, g: tuple[int, ...], b: tuple[int, ...], args, shared: int, stream, cooperative: bool,
             cluster: tuple[int, int, int] | None = None) -> None:
     s, dev = _stream(stream)
@@ -400,7 +402,7 @@ def _launch_builder(func, g: tuple[int, ...], b: tuple[int, ...], args, shared: 
         params[off:off + n] = ffi.buffer(args[i], n)
     block = bytes(params)
     if cluster is not None:
-        if min(cluster) < 1 or cluster[0] * cluster[1] * cluster[2] > MAX_CLUSTER_BLOCKS or any(
+        if min(cluster) < 1 or cluster[0] * cluster[1] * cluster[2] > m.MAX_CLUSTER_BLOCKS or any(
                 x % c for x, c in zip(g, cluster)):
             raise CudaError(Error.cudaErrorInvalidClusterSize, f"grid {g} in clusters {cluster}")
         flag = int(cooperative)
@@ -557,13 +559,14 @@ def cudaInitDevice(ordinal: int, device_flags: int, flags: int) -> None:
     device(ordinal)
 
 
-def _attributes(dev: Device) -> dict[str, int]:
-    """The device's attributes as this library presents them: managed memory and memory pools are its own."""
-    return {**dev.attributes, **MANAGED_ATTRIBUTES, **POOL_ATTRIBUTES}
+def _attribute(dev: Device, name: str) -> int:
+    """A device attribute as this library presents it: managed memory and memory pools are its own."""
+    own = LIBRARY_ATTRIBUTES.get(name)
+    return dev.attributes.get(name, 0) if own is None else own
 
 
 def _properties(dev: Device) -> dict:
-    attrs = _attributes(dev)
+    attrs = {**dev.attributes, **LIBRARY_ATTRIBUTES}
     values: dict = {"name": dev.name.encode()[:255] + b"\0", "uuid": bytes.fromhex(dev.properties["uuid"]),
                     "totalGlobalMem": dev.total_memory}
     for name, _, _, count in STRUCTS["cudaDeviceProp"][1]:
@@ -585,7 +588,7 @@ def cudaDeviceGetAttribute(value, attr: int, ordinal: int) -> None:
     name = ATTRIBUTES.get(attr)
     if name is None:
         raise CudaError(Error.cudaErrorInvalidValue, f"device attribute {attr}")
-    _out(value, "int", _attributes(device(ordinal)).get(name, 0))
+    _out(value, "int", _attribute(device(ordinal), name))
 
 
 def cudaDeviceSynchronize() -> None:
@@ -847,10 +850,7 @@ class MemPool:
 
 
 def _pool(handle) -> MemPool:
-    pool = S.pools.get(_addr(handle))
-    if pool is None:
-        raise CudaError(Error.cudaErrorInvalidValue, "not a memory pool of this process")
-    return pool
+    return _owned(S.pools, handle, "memory pool", Error.cudaErrorInvalidValue)
 
 
 def _default_pool(dev: Device) -> MemPool:
@@ -1775,17 +1775,11 @@ def cudaThreadExchangeStreamCaptureMode(mode) -> None:
 
 
 def _graph(handle) -> Graph:
-    g = S.graphs.get(_addr(handle))
-    if g is None:
-        raise CudaError(Error.cudaErrorInvalidValue, f"graph 0x{_addr(handle):x} is not one of this process's")
-    return g
+    return _owned(S.graphs, handle, "graph", Error.cudaErrorInvalidValue)
 
 
 def _graph_exec(handle) -> GraphExec:
-    g = S.graph_execs.get(_addr(handle))
-    if g is None:
-        raise CudaError(Error.cudaErrorInvalidValue, f"graph exec 0x{_addr(handle):x} is not one of this process's")
-    return g
+    return _owned(S.graph_execs, handle, "graph exec", Error.cudaErrorInvalidValue)
 
 
 # ---- graphs built node by node --------------------------------------------------------------------
@@ -2083,6 +2077,7 @@ def cudaOccupancyAvailableDynamicSMemPerBlock(size, func, num_blocks: int, block
 PAGE = mmap.PAGESIZE
 MANAGED_ATTRIBUTES = {"cudaDevAttrManagedMemory": 1, "cudaDevAttrConcurrentManagedAccess": 0,
                       "cudaDevAttrDirectManagedMemAccessFromHost": 0}
+LIBRARY_ATTRIBUTES = {**MANAGED_ATTRIBUTES, **POOL_ATTRIBUTES}  # attributes this library answers itself
 MEM_ADVICE = set(cudaMemoryAdvise.values())
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p

@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from .....protocol.errors import CudaError, Error
+from .....protocol.messages import MAX_CLUSTER_BLOCKS
 from .frame import CLUSTER_REGISTERS, DTYPES, REG_DTYPES, RESERVED_PREFIX, RESERVED_SMEM, Active, Frame, Unsupported, blend
 from .inline import expand_calls
 from .ops import CARRY, Factory, carry_use, decode
@@ -37,7 +38,6 @@ MAX_BLOCK_THREADS = 1024
 MAX_BLOCK_DIMS = (1024, 1024, 64)
 MAX_GRID_DIMS = (2**31 - 1, 65535, 65535)
 MAX_SHARED_BYTES = 227 * 1024  # per block, as on sm_90
-MAX_CLUSTER_BLOCKS = 8  # the portable cluster size of sm_90
 BATCH_THREADS = 1 << 17  # threads run together: large enough that numpy's per-call cost vanishes
 BATCH_BYTES = 256 << 20  # ... and small enough that registers stay within this much memory
 CACHED_FRAME_BYTES = 4 << 20  # frames this small stay bound between launches (one per shape)
