@@ -317,7 +317,7 @@ class Client:
 
     def _stage_in_call(self, offset: int, src: memoryview, dst: int, stream: int) -> None:
         if self.channel.shared_arena:
-            self.channel.arena[offset:offset + len(src)] = src
+            self._stage_in(offset, src)
             self.call(m.MemcpyHtoD(dst, offset, len(src), stream))
         else:  # the bytes ride in the request
             self.call(m.MemcpyHtoDInline(dst, offset, stream, bytes(src)))
@@ -325,7 +325,7 @@ class Client:
     def _stage_out_call(self, offset: int, dst: memoryview, src: int, stream: int) -> None:
         if self.channel.shared_arena:
             self.call(m.MemcpyDtoH(offset, src, len(dst), stream))
-            dst[:] = self.channel.arena[offset:offset + len(dst)]
+            self._stage_out(offset, dst)
         else:  # the bytes ride in the answer
             reply = self.call(m.MemcpyDtoHInline(src, offset, len(dst), stream))
             assert isinstance(reply, m.MemcpyDtoHInlineReply)
